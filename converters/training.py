@@ -1,0 +1,245 @@
+"""Train a fracture classifier on the training split of a split file.
+
+Augmentation runs on training batches only, after the split. Early stopping
+watches validation ROC-AUC and restores the best epoch. The decision threshold
+is then chosen on the validation split to reach a target sensitivity, and the
+model is written as ``NAME.keras`` beside a ``NAME.json`` training record that
+``edgefrac convert`` and ``edgefrac evaluate`` read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from converters import architectures
+from converters.architectures import Architecture
+from converters.pixels import load_entries
+from converters.split import read_split
+from converters.tf import keras, tf
+from edgefrac import metrics
+from edgefrac.dataset import file_sha256
+from edgefrac.preprocessing import PreprocessConfig
+
+logger = logging.getLogger(__name__)
+
+RECORD_FORMAT = "edgefrac-training/1"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingRecipe:
+    """Every setting that shapes a trained model; stored in its training record."""
+
+    architecture: Architecture = Architecture.CUSTOM_CNN
+    resolution: int | None = None
+    alpha: float = 0.35
+    weights: str | None = None
+    epochs: int = 30
+    finetune_epochs: int = 0
+    finetune_layers: int = 0
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    finetune_learning_rate: float = 1e-4
+    patience: int = 6
+    seed: int = 1234
+    target_sensitivity: float = 0.90
+    augment: bool = True
+    max_train_images: int | None = None
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["architecture"] = Architecture(self.architecture).value
+        return data
+
+
+def model_record_path(model_path: str | Path) -> Path:
+    """Return the training-record path that belongs to ``model_path`` (``NAME.json``)."""
+    return Path(model_path).with_suffix(".json")
+
+
+def read_model_record(model_path: str | Path) -> dict | None:
+    """Read the training record beside a Keras model, or return None when there is none."""
+    path = model_record_path(model_path)
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+class _EpochLog(keras.callbacks.Callback):
+    """Log one line per epoch, so long runs can be followed in the log file."""
+
+    def __init__(self, phase: str):
+        super().__init__()
+        self.phase = phase
+        self.started = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        shown = " ".join(f"{k}={v:.4f}" for k, v in sorted(logs.items()) if isinstance(v, (int, float)))
+        logger.info("%s epoch %d: %s (%.0f s)", self.phase, epoch + 1, shown, time.monotonic() - self.started)
+
+
+def _scale_in_graph(images, config: PreprocessConfig):
+    low, high = config.scaling.bounds
+    return tf.cast(images, tf.float32) * ((high - low) / 255.0) + low
+
+
+def _datasets(train_pixels, train_labels, val_pixels, val_labels, config, recipe):
+    augmenter = keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal"),
+            keras.layers.RandomRotation(0.04, fill_mode="constant"),
+            keras.layers.RandomZoom((-0.1, 0.1), fill_mode="constant"),
+            keras.layers.RandomContrast(0.15),
+        ],
+        name="augmentation",
+    )
+
+    def train_map(images, labels):
+        images = tf.cast(images, tf.float32)
+        if recipe.augment:
+            images = tf.clip_by_value(augmenter(images, training=True), 0.0, 255.0)
+        return _scale_in_graph(images, config), labels
+
+    train = (
+        tf.data.Dataset.from_tensor_slices((train_pixels, train_labels.astype(np.float32)))
+        .shuffle(len(train_pixels), seed=recipe.seed, reshuffle_each_iteration=True)
+        .batch(recipe.batch_size)
+        .map(train_map, num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    validation = (
+        tf.data.Dataset.from_tensor_slices((val_pixels, val_labels.astype(np.float32)))
+        .batch(64)
+        .map(lambda x, y: (_scale_in_graph(x, config), y))
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    return train, validation
+
+
+def _class_weights(labels: np.ndarray) -> dict[int, float]:
+    counts = np.bincount(labels, minlength=2)
+    return {c: float(labels.size / (2.0 * counts[c])) for c in (0, 1) if counts[c]}
+
+
+def _compile(model, learning_rate: float) -> None:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="binary_crossentropy",
+        metrics=[keras.metrics.AUC(name="auc"), "binary_accuracy"],
+    )
+
+
+def _fit(model, train, validation, epochs, recipe, class_weight, phase, history):
+    if epochs <= 0:
+        return
+    stopper = keras.callbacks.EarlyStopping(
+        monitor="val_auc", mode="max", patience=recipe.patience, restore_best_weights=True
+    )
+    result = model.fit(
+        train,
+        validation_data=validation,
+        epochs=epochs,
+        class_weight=class_weight,
+        callbacks=[stopper, _EpochLog(phase)],
+        verbose=0,
+    )
+    for values in zip(*result.history.values()):
+        history.append({"phase": phase, **{k: float(v) for k, v in zip(result.history, values)}})
+
+
+def predict_probabilities(model, pixels: np.ndarray, config: PreprocessConfig, batch_size: int = 64) -> np.ndarray:
+    """Run a Keras model over uint8 pixels and return one probability per image."""
+    scaled = config.scaling.apply(pixels)
+    return model.predict(scaled, batch_size=batch_size, verbose=0).reshape(-1).astype(np.float64)
+
+
+def train(split_path: str | Path, output: str | Path, recipe: TrainingRecipe, data_root: str | Path | None = None) -> dict:
+    """Train ``recipe`` on the split at ``split_path`` and write ``output`` (``.keras``) and its record."""
+    started = time.monotonic()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(recipe.seed)
+    split = read_split(split_path, data_root)
+    architecture = Architecture(recipe.architecture)
+    config = architectures.preprocess_config(architecture, recipe.resolution)
+
+    train_entries = split.subset("train", decodable_only=True)
+    left_out = len(split.subset("train")) - len(train_entries)
+    logger.info("training split: %d images, %d truncated ones left out", len(train_entries), left_out)
+    if recipe.max_train_images:
+        train_entries = train_entries[: recipe.max_train_images]
+    train_pixels, train_labels, _ = load_entries(split, train_entries, config)
+    val_pixels, val_labels, val_entries = load_entries(split, split.subset("validation", decodable_only=True), config)
+    logger.info(
+        "decoded %d training and %d validation images at %dx%d in %.0f s",
+        len(train_labels), len(val_labels), config.width, config.height, time.monotonic() - started,
+    )
+    train_data, val_data = _datasets(train_pixels, train_labels, val_pixels, val_labels, config, recipe)
+    class_weight = _class_weights(train_labels)
+    history: list[dict] = []
+
+    if architecture is Architecture.CUSTOM_CNN:
+        model = architectures.build_custom_cnn(config.height)
+        _compile(model, recipe.learning_rate)
+        _fit(model, train_data, val_data, recipe.epochs, recipe, class_weight, "train", history)
+    else:
+        model, backbone = architectures.build_mobilenet_v2(config.height, alpha=recipe.alpha, weights=recipe.weights)
+        backbone.trainable = False
+        _compile(model, recipe.learning_rate)
+        _fit(model, train_data, val_data, recipe.epochs, recipe, class_weight, "head", history)
+        if recipe.finetune_epochs > 0 and recipe.finetune_layers > 0:
+            backbone.trainable = True
+            for layer in backbone.layers[: -recipe.finetune_layers]:
+                layer.trainable = False
+            for layer in backbone.layers:
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    layer.trainable = False
+            _compile(model, recipe.finetune_learning_rate)
+            _fit(model, train_data, val_data, recipe.finetune_epochs, recipe, class_weight, "finetune", history)
+
+    val_scores = predict_probabilities(model, val_pixels, config)
+    threshold = metrics.threshold_for_sensitivity(val_scores, val_labels, recipe.target_sensitivity)
+    at_threshold = metrics.confusion(val_scores, val_labels, threshold)
+    val_auc = metrics.roc_auc(val_scores, val_labels)
+    model.save(output, include_optimizer=False)
+
+    record = {
+        "format": RECORD_FORMAT,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model_file": output.name,
+        "architecture": architecture.value,
+        "preprocessing": config.to_dict(),
+        "class_names": ["not_fractured", "fractured"],
+        "threshold": {
+            "value": threshold,
+            "target_sensitivity": recipe.target_sensitivity,
+            "chosen_on": "validation",
+            "sensitivity": at_threshold.sensitivity,
+            "specificity": at_threshold.specificity,
+            "images": at_threshold.count,
+        },
+        "validation_auc": val_auc,
+        "split_file_sha256": file_sha256(Path(split_path)),
+        "split_ids_sha256": {name: split.ids_hash(split.subset(name)) for name in ("train", "validation", "test")},
+        "recipe": recipe.to_dict(),
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "training_seconds": round(time.monotonic() - started, 1),
+        "history": history,
+    }
+    model_record_path(output).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    logger.info(
+        "saved %s: validation AUC %.3f, threshold %.4f gives sensitivity %.3f specificity %.3f",
+        output, val_auc, threshold, at_threshold.sensitivity, at_threshold.specificity,
+    )
+    return record

@@ -1,0 +1,20 @@
+"""Process exit codes of the ``edgefrac`` command, documented in the README."""
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    """Every input was scored (or the command finished its work)."""
+
+    RUNTIME_FAILURE = 1
+    """The model, the interpreter or the output could not be used."""
+
+    USAGE = 2
+    """Invalid option or argument (click's own usage errors use 2 as well)."""
+
+    SOME_INPUTS_FAILED = 3
+    """The run finished but at least one input has an error row instead of a score."""
+
+    DRIFT_EXCEEDED = 4
+    """A ``--max-drift`` gate failed: the quantized model is worse, not broken."""
