@@ -1,0 +1,232 @@
+"""Score radiographs with a model file: decode, preprocess, quantize, invoke, dequantize.
+
+Settings come from three places, in this order of precedence: explicit
+arguments (the CLI's flags), the model card, and defaults read off the input
+tensor of a plain ``.tflite`` that has no card.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edgefrac import quantization
+from edgefrac.card import DecisionThreshold, ModelCard, OutputKind, TensorQuantization
+from edgefrac.errors import ModelFileError, UsageError
+from edgefrac.images import DEFAULT_MAX_PIXELS, load_input
+from edgefrac.modelfile import LoadedModel, load_model
+from edgefrac.preprocessing import PreprocessConfig, ResizeMethod, ValueScaling
+from edgefrac.runtime import Runtime, make_interpreter, resolve_runtime
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """One scored image: fracture probability, the raw model output and the decision."""
+
+    probability: float
+    raw_output: float
+    fractured: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Overrides:
+    """Settings given explicitly; each one that is not None replaces the card's value."""
+
+    height: int | None = None
+    width: int | None = None
+    resize: ResizeMethod | None = None
+    scaling: ValueScaling | None = None
+    threshold: float | None = None
+    output_kind: OutputKind | None = None
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise UsageError(f"invalid threshold {self.threshold}: expected a probability in [0, 1]")
+
+
+def tensor_quantization(detail: dict) -> TensorQuantization:
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    return TensorQuantization(
+        dtype=np.dtype(detail["dtype"]).name,
+        shape=tuple(int(v) for v in detail["shape"]),
+        scale=float(scale),
+        zero_point=int(zero_point),
+    )
+
+
+def sigmoid(values) -> np.ndarray:
+    """Return the logistic function of ``values``, stable for large magnitudes."""
+    values = np.asarray(values, dtype=np.float64)
+    return np.where(values >= 0, 1.0 / (1.0 + np.exp(-np.abs(values))), np.exp(-np.abs(values)) / (1.0 + np.exp(-np.abs(values))))
+
+
+class FractureClassifier:
+    """A loaded model ready to score images; not safe to share between threads."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        threads: int | None = None,
+        delegates: tuple = (),
+        overrides: Overrides = Overrides(),
+        allow_truncated: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        runtime: Runtime | None = None,
+    ):
+        self.model = model
+        self.runtime = runtime or resolve_runtime()
+        self.interpreter = make_interpreter(model.tflite, threads=threads, delegates=delegates, runtime=self.runtime)
+        self.allow_truncated = allow_truncated
+        self.max_pixels = max_pixels
+        input_details = self.interpreter.get_input_details()
+        output_details = self.interpreter.get_output_details()
+        if len(input_details) != 1 or len(output_details) != 1:
+            raise ModelFileError(
+                f"{model.path} has {len(input_details)} inputs and {len(output_details)} outputs; "
+                "edgefrac runs classifiers with one image input and one score output"
+            )
+        self._input_index = input_details[0]["index"]
+        self._output_index = output_details[0]["index"]
+        self.input_tensor = tensor_quantization(input_details[0])
+        self.output_tensor = tensor_quantization(output_details[0])
+        if int(np.prod(self.output_tensor.shape)) != 1:
+            raise ModelFileError(
+                f"{model.path} outputs shape {list(self.output_tensor.shape)}; expected one score per image"
+            )
+        self.card = self._effective_card(overrides)
+        self._input_dtype = np.dtype(input_details[0]["dtype"])
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike, **options) -> FractureClassifier:
+        """Load and verify the model file at ``path`` and build a classifier for it."""
+        return cls(load_model(path), **options)
+
+    @property
+    def preprocessing(self) -> PreprocessConfig:
+        return self.card.preprocessing
+
+    @property
+    def threshold(self) -> float:
+        return self.card.threshold.value
+
+    def _effective_card(self, overrides: Overrides) -> ModelCard:
+        card = self.model.card
+        if card is None:
+            card = self._card_from_tensors()
+        else:
+            self._check_card_matches_model(card)
+        preprocessing = card.preprocessing
+        changes = {
+            key: value
+            for key, value in (
+                ("height", overrides.height),
+                ("width", overrides.width),
+                ("resize", overrides.resize),
+                ("scaling", overrides.scaling),
+            )
+            if value is not None
+        }
+        if changes:
+            preprocessing = PreprocessConfig(**{**dataclasses.asdict(preprocessing), **changes})
+            self._check_size(preprocessing)
+        threshold = card.threshold
+        if overrides.threshold is not None:
+            threshold = DecisionThreshold(overrides.threshold, chosen_on="set on the command line")
+        output_kind = overrides.output_kind or card.output_kind
+        return dataclasses.replace(card, preprocessing=preprocessing, threshold=threshold, output_kind=output_kind)
+
+    def _card_from_tensors(self) -> ModelCard:
+        shape = self.input_tensor.shape
+        if len(shape) != 4 or shape[3] not in (1, 3):
+            raise ModelFileError(
+                f"{self.model.path} has input shape {list(shape)}; expected [1, height, width, 1 or 3]"
+            )
+        logger.warning(
+            "%s has no model card, so no preprocessing contract was found: using %dx%d input, bilinear resize, "
+            "[0, 1] scaling and threshold 0.5 unless --scaling, --resize or --threshold say otherwise",
+            self.model.path, shape[2], shape[1],
+        )
+        preprocessing = PreprocessConfig(
+            height=shape[1], width=shape[2], channels=shape[3], channel_order="RGB" if shape[3] == 3 else "L"
+        )
+        return ModelCard(
+            name=Path(self.model.path).stem,
+            architecture="unknown",
+            preprocessing=preprocessing,
+            input=self.input_tensor,
+            output=self.output_tensor,
+            threshold=DecisionThreshold(0.5, chosen_on="default for a model without a card"),
+        )
+
+    def _check_card_matches_model(self, card: ModelCard) -> None:
+        for role, recorded, actual in (("input", card.input, self.input_tensor), ("output", card.output, self.output_tensor)):
+            if recorded.dtype != actual.dtype or tuple(recorded.shape) != tuple(actual.shape):
+                raise ModelFileError(
+                    f"{self.model.path}: the card describes a {recorded.dtype} {role} of shape {list(recorded.shape)} "
+                    f"but the model has {actual.dtype} {list(actual.shape)}; the file was assembled wrongly, "
+                    "convert the model again"
+                )
+            if actual.is_quantized and not (
+                math.isclose(recorded.scale, actual.scale, rel_tol=1e-6) and recorded.zero_point == actual.zero_point
+            ):
+                raise ModelFileError(
+                    f"{self.model.path}: the card's {role} quantization (scale {recorded.scale}, zero point "
+                    f"{recorded.zero_point}) differs from the model's ({actual.scale}, {actual.zero_point}); "
+                    "convert the model again"
+                )
+        self._check_size(card.preprocessing)
+
+    def _check_size(self, preprocessing: PreprocessConfig) -> None:
+        shape = self.input_tensor.shape
+        expected = (preprocessing.height, preprocessing.width, preprocessing.channels)
+        if len(shape) != 4 or tuple(shape[1:]) != expected:
+            raise UsageError(
+                f"preprocessing gives {preprocessing.height}x{preprocessing.width}x{preprocessing.channels} "
+                f"but the model input is {list(shape)}; drop the --height/--width flags or fix them"
+            )
+
+    def invoke(self, model_input: np.ndarray) -> float:
+        """Run one float32 ``(H, W, C)`` input and return the dequantized raw output."""
+        batch = model_input[np.newaxis, ...]
+        if self.input_tensor.is_quantized:
+            batch = quantization.quantize(
+                batch, self.input_tensor.scale, self.input_tensor.zero_point, self._input_dtype
+            )
+        else:
+            batch = batch.astype(self._input_dtype)
+        self.interpreter.set_tensor(self._input_index, batch)
+        self.interpreter.invoke()
+        output = self.interpreter.get_tensor(self._output_index)
+        if self.output_tensor.is_quantized:
+            output = quantization.dequantize(output, self.output_tensor.scale, self.output_tensor.zero_point)
+        return float(np.asarray(output, dtype=np.float64).reshape(-1)[0])
+
+    def to_probability(self, raw_output: float) -> float:
+        if self.card.output_kind is OutputKind.LOGIT:
+            return float(sigmoid(raw_output))
+        return raw_output
+
+    def predict_input(self, model_input: np.ndarray) -> Prediction:
+        """Score one preprocessed input."""
+        raw = self.invoke(model_input)
+        probability = self.to_probability(raw)
+        return Prediction(probability=probability, raw_output=raw, fractured=probability >= self.threshold)
+
+    def predict_file(self, path: str | os.PathLike) -> Prediction:
+        """Decode, preprocess and score one image or DICOM file.
+
+        Raises:
+            InputError: the file cannot be decoded; the message says why.
+        """
+        model_input = load_input(
+            path, self.preprocessing, allow_truncated=self.allow_truncated, max_pixels=self.max_pixels
+        )
+        return self.predict_input(model_input)

@@ -1,0 +1,112 @@
+"""Shared fixtures: a tiny Keras model converted once per session, real FracAtlas images, sample files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FRACATLAS_DIR = Path(os.environ.get("EDGEFRAC_FRACATLAS", REPO_ROOT.parent / "shared" / "fracatlas"))
+WEIGHTS_DIR = REPO_ROOT.parent / "shared" / "weights"
+TINY_SIZE = 32
+
+
+@pytest.fixture(scope="session")
+def fracatlas_dir() -> Path:
+    """The shared FracAtlas folder; tests that need real radiographs skip without it."""
+    if not (FRACATLAS_DIR / "images").is_dir():
+        pytest.skip(f"FracAtlas images not found at {FRACATLAS_DIR}; set EDGEFRAC_FRACATLAS to the dataset folder")
+    return FRACATLAS_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_keras_model(tmp_path_factory):
+    """A small untrained Keras classifier with the project's logit/probability head, saved as .keras."""
+    from converters import architectures
+    from converters.tf import keras
+
+    keras.utils.set_random_seed(7)
+    inputs = keras.Input(shape=(TINY_SIZE, TINY_SIZE, 3), name="image")
+    x = keras.layers.Conv2D(8, 3, activation="relu")(inputs)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Conv2D(8, 3, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    logit = keras.layers.Dense(1, name=architectures.LOGIT_LAYER)(x)
+    probability = keras.layers.Activation("sigmoid", name=architectures.PROBABILITY_LAYER)(logit)
+    model = keras.Model(inputs, probability, name="tiny")
+    path = tmp_path_factory.mktemp("keras") / "tiny.keras"
+    model.save(path)
+    return path
+
+
+def _tiny_card_and_bytes(keras_path: Path, variant: str, output_kind: str):
+    from converters.cards import card_for_model
+    from converters.tf import keras
+    from converters.tflite import convert
+    from edgefrac.card import DecisionThreshold
+    from edgefrac.preprocessing import PreprocessConfig, ValueScaling
+
+    model = keras.models.load_model(keras_path)
+    rng = np.random.default_rng(0)
+    representative = rng.random((16, TINY_SIZE, TINY_SIZE, 3), dtype=np.float32)
+    tflite = convert(model, variant, representative_inputs=representative, output_kind=output_kind)
+    config = PreprocessConfig(height=TINY_SIZE, width=TINY_SIZE, scaling=ValueScaling.UNIT)
+    card = card_for_model(
+        tflite,
+        name=f"tiny-{variant}",
+        architecture="tiny",
+        preprocessing=config,
+        output_kind=output_kind,
+        threshold=DecisionThreshold(0.5, chosen_on="fixed for tests"),
+        provenance={"calibration_images": len(representative)},
+    )
+    return tflite, card
+
+
+@pytest.fixture(scope="session")
+def tiny_int8_model(tmp_path_factory, tiny_keras_model) -> Path:
+    """The tiny model as a full-integer int8 ``.efm`` with a logit output and a card."""
+    from edgefrac.modelfile import write_model_file
+
+    tflite, card = _tiny_card_and_bytes(tiny_keras_model, "int8", "logit")
+    path = tmp_path_factory.mktemp("models") / "tiny-int8.efm"
+    write_model_file(path, tflite, card)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_int8_probability_model(tmp_path_factory, tiny_keras_model) -> Path:
+    """The tiny model as an int8 ``.efm`` whose output is the 256-level sigmoid."""
+    from edgefrac.modelfile import write_model_file
+
+    tflite, card = _tiny_card_and_bytes(tiny_keras_model, "int8", "probability")
+    path = tmp_path_factory.mktemp("models") / "tiny-int8-probability.efm"
+    write_model_file(path, tflite, card)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_float_tflite(tmp_path_factory, tiny_keras_model) -> Path:
+    """The tiny model as a plain float32 ``.tflite`` without a card."""
+    tflite, _ = _tiny_card_and_bytes(tiny_keras_model, "float32", "probability")
+    path = tmp_path_factory.mktemp("models") / "tiny-float32.tflite"
+    path.write_bytes(tflite)
+    return path
+
+
+@pytest.fixture()
+def sample_images(tmp_path) -> Path:
+    """A folder of generated radiograph-like images: two JPEGs, a PNG and a grayscale TIFF in a subfolder."""
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for index in range(2):
+        pixels = rng.integers(0, 256, (96, 80, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"scan{index}.jpg", quality=90)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / "scan2.png")
+    Image.fromarray(rng.integers(0, 256, (70, 50), dtype=np.uint8), mode="L").save(folder / "sub" / "scan3.tif")
+    return folder
