@@ -1,0 +1,58 @@
+"""The ``edgefrac`` command: thin click commands over the library.
+
+Only this package imports click. Commands that need TensorFlow (train,
+convert, evaluate of a Keras model) import ``converters`` inside the command,
+so ``edgefrac --help`` and ``edgefrac infer`` work on a device without it.
+Results go to stdout, diagnostics (logs, progress) to stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from edgefrac import __version__
+from edgefrac.errors import EdgefracError, MissingDependencyError, UsageError
+from edgefrac.exitcodes import ExitCode
+
+logger = logging.getLogger("edgefrac")
+
+
+def configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+class EdgefracGroup(click.Group):
+    """Turn library errors into one-line messages and documented exit codes."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UsageError as error:
+            click.echo(f"Error: {error}", err=True)
+            ctx.exit(ExitCode.USAGE)
+        except EdgefracError as error:
+            click.echo(f"Error: {error}", err=True)
+            ctx.exit(ExitCode.RUNTIME_FAILURE)
+
+
+@click.group(cls=EdgefracGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgefrac")
+@click.option("-v", "--verbose", count=True, help="Log more to stderr: -v for info, -vv for debug.")
+def main(verbose: int) -> None:
+    """Run quantized fracture classifiers on radiographs, convert and benchmark them."""
+    configure_logging(verbose)
+
+
+def _register() -> None:
+    from edgefrac.cli import commands  # noqa: F401  (each module adds its commands to main)
+
+
+_register()

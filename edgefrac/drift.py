@@ -1,0 +1,154 @@
+"""Accuracy drift of a quantized model against its full-precision reference.
+
+Both models score the same images; each decides at its own threshold. The
+report gives decision agreement, the change in AUC, sensitivity and
+specificity, the size of the probability changes, the images whose decision
+flipped, and the same figures for each group (class, body region).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from edgefrac import metrics
+from edgefrac.errors import UsageError
+
+
+@dataclasses.dataclass(frozen=True)
+class DriftSummary:
+    """Drift figures over one set of images."""
+
+    images: int
+    agreement: float
+    reference_auc: float
+    candidate_auc: float
+    reference_sensitivity: float
+    candidate_sensitivity: float
+    reference_specificity: float
+    candidate_specificity: float
+    max_abs_delta_p: float
+    mean_abs_delta_p: float
+    flipped: int
+
+    @property
+    def delta_auc(self) -> float:
+        return self.candidate_auc - self.reference_auc
+
+    @property
+    def delta_sensitivity(self) -> float:
+        return self.candidate_sensitivity - self.reference_sensitivity
+
+    @property
+    def delta_specificity(self) -> float:
+        return self.candidate_specificity - self.reference_specificity
+
+    @property
+    def disagreement(self) -> float:
+        return 1.0 - self.agreement
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data.update(
+            delta_auc=self.delta_auc,
+            delta_sensitivity=self.delta_sensitivity,
+            delta_specificity=self.delta_specificity,
+        )
+        return {key: _json_number(value) for key, value in data.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class DriftReport:
+    """Overall drift, drift per group, and the ids of the images whose decision flipped."""
+
+    reference_threshold: float
+    candidate_threshold: float
+    overall: DriftSummary
+    groups: dict[str, DriftSummary]
+    flipped_ids: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return {
+            "reference_threshold": self.reference_threshold,
+            "candidate_threshold": self.candidate_threshold,
+            "overall": self.overall.to_dict(),
+            "groups": {name: summary.to_dict() for name, summary in self.groups.items()},
+            "flipped_ids": list(self.flipped_ids),
+        }
+
+    def exceeds(self, max_disagreement: float) -> bool:
+        """Return whether more than ``max_disagreement`` of the decisions flipped."""
+        if not 0.0 <= max_disagreement <= 1.0:
+            raise UsageError(f"invalid --max-drift {max_disagreement}: expected a fraction in [0, 1]")
+        return self.overall.disagreement > max_disagreement + 1e-12
+
+
+def _json_number(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _summary(labels, reference, candidate, reference_threshold, candidate_threshold) -> DriftSummary:
+    reference_decisions = reference >= reference_threshold
+    candidate_decisions = candidate >= candidate_threshold
+    delta = np.abs(candidate - reference)
+    reference_confusion = metrics.confusion(reference, labels, reference_threshold)
+    candidate_confusion = metrics.confusion(candidate, labels, candidate_threshold)
+    return DriftSummary(
+        images=int(labels.size),
+        agreement=float(np.mean(reference_decisions == candidate_decisions)) if labels.size else math.nan,
+        reference_auc=metrics.roc_auc(reference, labels),
+        candidate_auc=metrics.roc_auc(candidate, labels),
+        reference_sensitivity=reference_confusion.sensitivity,
+        candidate_sensitivity=candidate_confusion.sensitivity,
+        reference_specificity=reference_confusion.specificity,
+        candidate_specificity=candidate_confusion.specificity,
+        max_abs_delta_p=float(delta.max()) if delta.size else math.nan,
+        mean_abs_delta_p=float(delta.mean()) if delta.size else math.nan,
+        flipped=int(np.sum(reference_decisions != candidate_decisions)),
+    )
+
+
+def compare(
+    ids,
+    labels,
+    reference_probabilities,
+    reference_threshold: float,
+    candidate_probabilities,
+    candidate_threshold: float,
+    groups: dict[str, list[str]] | None = None,
+) -> DriftReport:
+    """Compare two models' probabilities on the same labelled images.
+
+    ``groups`` maps a group name (``"class:fractured"``, ``"region:hand"``) to
+    the ids it contains; ids not scored by both models are ignored.
+    """
+    ids = [str(i) for i in ids]
+    labels = np.asarray(labels, dtype=np.int64)
+    reference = np.asarray(reference_probabilities, dtype=np.float64)
+    candidate = np.asarray(candidate_probabilities, dtype=np.float64)
+    if not (len(ids) == labels.size == reference.size == candidate.size):
+        raise UsageError(
+            f"drift inputs differ in length: {len(ids)} ids, {labels.size} labels, "
+            f"{reference.size} reference and {candidate.size} candidate scores"
+        )
+    overall = _summary(labels, reference, candidate, reference_threshold, candidate_threshold)
+    flipped_mask = (reference >= reference_threshold) != (candidate >= candidate_threshold)
+    position = {image_id: index for index, image_id in enumerate(ids)}
+    group_summaries = {}
+    for name, members in (groups or {}).items():
+        index = np.array([position[m] for m in members if m in position], dtype=np.int64)
+        if index.size:
+            group_summaries[name] = _summary(
+                labels[index], reference[index], candidate[index], reference_threshold, candidate_threshold
+            )
+    return DriftReport(
+        reference_threshold=float(reference_threshold),
+        candidate_threshold=float(candidate_threshold),
+        overall=overall,
+        groups=group_summaries,
+        flipped_ids=tuple(i for i, flipped in zip(ids, flipped_mask) if flipped),
+    )
