@@ -1,20 +1,24 @@
 """Decode radiograph files into 8-bit RGB pixels of the model's input size.
 
-One decoder for training, conversion and the device: JPEG, PNG, BMP, TIFF
-(and anything else Pillow opens as a single frame) plus DICOM through
-``edgefrac.dicom``. Every failure is an ``InputError`` subclass whose message
-says what is wrong with the file, so a batch can record it and go on.
+One decoder for training, conversion and the device: JPEG (and MPO, whose
+first frame is the primary image), PNG, BMP, TIFF, GIF and WebP through
+Pillow, plus DICOM through ``edgefrac.dicom``. Every failure is an
+``InputError`` subclass whose message is one line naming the file and the
+reason, so a batch can record it and go on.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 import struct
 import threading
 import warnings
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -36,15 +40,38 @@ DEFAULT_MAX_PIXELS = 64_000_000
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic"})
 
-# Pillow's truncated-image switch is process-wide, so lenient decodes hold this lock.
-_truncated_switch = threading.Lock()
+# Pillow formats tried on a file. Keeping the list short means that a renamed
+# EPS file never starts Ghostscript and exotic plugins never see hostile bytes.
+PILLOW_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "TIFF", "GIF", "WEBP")
 
-# Errors Pillow and zlib raise on damaged data; everything else is a bug and propagates.
+# Pillow's truncated-image switch (ImageFile.LOAD_TRUNCATED_IMAGES) is a module
+# global read during decoding. Every Pillow decode holds this lock and sets the
+# switch itself, so a lenient decode in one thread cannot make a strict decode in
+# another thread accept a truncated file. Decodes are therefore serialised per
+# process; the batch loop decodes one file at a time anyway.
+_decode_lock = threading.Lock()
+
+# Errors Pillow, zlib and struct raise on damaged data; any other exception is a bug and propagates.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zlib.error, struct.error, IndexError, KeyError)
+
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_DIRECT_MODES = frozenset({"L", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"})
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """Return ``path`` as printable one-line text.
+
+    Bytes that are not UTF-8 (kept by Python as surrogate escapes) and control
+    characters such as a newline in a file name become backslash escapes, so the
+    text can go to a UTF-8 terminal, a CSV cell or a log line unchanged.
+    """
+    text = os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(char if char.isprintable() else f"\\x{ord(char):02x}" for char in text)
 
 
 def is_dicom(path: Path) -> bool:
-    """Return whether ``path`` has a DICOM suffix or the ``DICM`` preamble marker."""
+    """Return whether ``path`` has a DICOM suffix or the ``DICM`` marker after the 128-byte preamble."""
     if path.suffix.lower() in DICOM_SUFFIXES:
         return True
     try:
@@ -52,7 +79,7 @@ def is_dicom(path: Path) -> bool:
             head = handle.read(132)
     except OSError:
         return False
-    return len(head) == 132 and head[128:132] == b"DICM"
+    return _has_dicom_marker(head)
 
 
 def load_pixels(
@@ -65,23 +92,14 @@ def load_pixels(
 ) -> np.ndarray:
     """Decode ``path`` into a ``(height, width, 3)`` uint8 RGB array of ``size`` = (width, height).
 
-    EXIF orientation is applied, grayscale is copied to three channels and
-    16-bit data is stretched over its own min..max range. Large JPEGs are
-    decoded at a reduced DCT scale (draft mode) close to the target size.
+    See ``decode_image`` for what happens before the resize.
 
     Raises:
-        InputError: a subclass naming why this file cannot be used.
+        InputError: a subclass naming the file and why it cannot be used.
+        MissingDependencyError: a DICOM file was given and pydicom is not installed.
     """
-    path = Path(path)
     resize = ResizeMethod(resize)
-    if path.is_dir():
-        raise UnreadableImageError(f"{path} is a directory, not an image file")
-    if is_dicom(path):
-        from edgefrac import dicom
-
-        image = dicom.load_dicom_image(path)
-    else:
-        image = _decode(path, size, allow_truncated=allow_truncated, max_pixels=max_pixels)
+    image = decode_image(path, size, allow_truncated=allow_truncated, max_pixels=max_pixels)
     image = image.resize(size, resize.pillow_filter, reducing_gap=3.0)
     return np.asarray(image, dtype=np.uint8)
 
@@ -100,116 +118,214 @@ def load_input(
     return to_model_input(pixels, config)
 
 
-def _decode(path: Path, size: tuple[int, int], *, allow_truncated: bool, max_pixels: int) -> Image.Image:
+def decode_image(
+    path: str | os.PathLike,
+    size: tuple[int, int] | None = None,
+    *,
+    allow_truncated: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Image.Image:
+    """Decode ``path`` into an upright 8-bit RGB Pillow image, before any resize to the model size.
+
+    EXIF orientation is applied, grayscale is copied to three equal channels and
+    16-bit or float grayscale is stretched over its own min..max range.
+    Transparent areas become black. When ``size`` (width, height) is given,
+    large JPEGs are decoded at a reduced DCT scale (draft mode) and large 16-bit
+    images are block-averaged, keeping at least twice the larger target side
+    along both axes.
+
+    A truncated file raises ``TruncatedImageError`` unless ``allow_truncated``
+    is true; then it is decoded with the missing part grey and a warning is logged.
+
+    Raises:
+        InputError: a subclass naming the file and why it cannot be used.
+        MissingDependencyError: a DICOM file was given and pydicom is not installed.
+    """
+    path = Path(path)
+    shown = display_path(path)
+    with _open_file(path, shown) as handle:
+        head = handle.read(132)
+        if not head:
+            raise UnreadableImageError(f"{shown}: file is empty (0 bytes)")
+        if path.suffix.lower() in DICOM_SUFFIXES or _has_dicom_marker(head):
+            from edgefrac import dicom
+
+            return dicom.load_dicom_image(path, max_pixels=max_pixels)
+        handle.seek(0)
+        return _decode_raster(handle, shown, size, allow_truncated=allow_truncated, max_pixels=max_pixels)
+
+
+def _has_dicom_marker(head: bytes) -> bool:
+    return len(head) >= 132 and head[128:132] == b"DICM"
+
+
+def _open_file(path: Path, shown: str) -> BinaryIO:
+    """Open a regular file for reading, turning each operating-system failure into a one-line InputError."""
     try:
-        return _decode_strict(path, size, max_pixels)
+        status = os.stat(path)
+        if stat.S_ISDIR(status.st_mode):
+            raise UnreadableImageError(f"{shown}: is a directory, not an image file")
+        if not stat.S_ISREG(status.st_mode):
+            # Opening a FIFO or a device could block or read without end.
+            raise UnreadableImageError(f"{shown}: not a regular file (a pipe, socket or device)")
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise UnreadableImageError(f"{shown}: file not found") from None
+    except PermissionError:
+        raise UnreadableImageError(f"{shown}: permission denied; make the file readable") from None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise UnreadableImageError(f"{shown}: symbolic link loop; point the link at a real file") from None
+        raise UnreadableImageError(f"{shown}: cannot open the file ({os.strerror(error.errno or 0)})") from None
+
+
+def _decode_raster(
+    handle: BinaryIO, shown: str, size: tuple[int, int] | None, *, allow_truncated: bool, max_pixels: int
+) -> Image.Image:
+    try:
+        return _decode_with_switch(handle, shown, size, max_pixels, load_truncated=False)
     except TruncatedImageError:
         if not allow_truncated:
             raise
-    with _truncated_switch:
-        previous = ImageFile.LOAD_TRUNCATED_IMAGES
-        ImageFile.LOAD_TRUNCATED_IMAGES = True
-        try:
-            image = _decode_strict(path, size, max_pixels)
-        finally:
-            ImageFile.LOAD_TRUNCATED_IMAGES = previous
-    logger.warning("%s is truncated; scoring it with the missing part filled grey", path)
+    handle.seek(0)
+    image = _decode_with_switch(handle, shown, size, max_pixels, load_truncated=True)
+    logger.warning("%s: image data is truncated; scoring it with the missing part grey", shown)
     return image
 
 
-def _decode_strict(path: Path, size: tuple[int, int], max_pixels: int) -> Image.Image:
+def _decode_with_switch(
+    handle: BinaryIO, shown: str, size: tuple[int, int] | None, max_pixels: int, *, load_truncated: bool
+) -> Image.Image:
+    with _decode_lock:
+        previous = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = load_truncated
+        try:
+            return _decode_pillow(handle, shown, size, max_pixels)
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def _decode_pillow(handle: BinaryIO, shown: str, size: tuple[int, int] | None, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
+            # The header check below enforces max_pixels; Pillow's own, larger
+            # limit still raises DecompressionBombError inside Image.open.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
-                _check_header(path, opened, max_pixels)
-                return _to_rgb(path, opened, size)
+            with Image.open(handle, formats=PILLOW_FORMATS) as opened:
+                _check_header(shown, opened, max_pixels)
+                return _to_rgb(shown, opened, size)
     except InputError:
         raise
-    except Image.DecompressionBombError as error:
+    except Image.DecompressionBombError:
         raise ImageTooLargeError(
-            f"{path}: the header declares more pixels than Pillow's decompression-bomb limit ({error}); "
-            "export a smaller image"
+            f"{shown}: the header declares more than twice Pillow's limit of "
+            f"{Image.MAX_IMAGE_PIXELS:,} pixels (decompression-bomb guard); export a smaller image"
         ) from None
     except UnidentifiedImageError:
         raise UnreadableImageError(
-            f"{path}: not a recognised image format (expected JPEG, PNG, BMP, TIFF or DICOM)"
+            f"{shown}: not a recognised image format (expected JPEG, PNG, BMP, TIFF, GIF, WebP or DICOM)"
         ) from None
-    except PermissionError:
-        raise UnreadableImageError(f"{path}: permission denied; make the file readable") from None
-    except FileNotFoundError:
-        raise UnreadableImageError(f"{path}: file not found") from None
     except _DECODE_ERRORS as error:
-        message = str(error)
+        message = " ".join(str(error).split())
         if "truncated" in message or isinstance(error, EOFError):
             raise TruncatedImageError(
-                f"{path}: image data is truncated ({message}); re-export the file, "
-                "or pass --allow-truncated to score it with the missing part grey"
+                f"{shown}: image data is truncated ({message or type(error).__name__}); re-export the file, "
+                "or allow truncated images (--allow-truncated) to score it with the missing part grey"
             ) from None
-        raise UnreadableImageError(f"{path}: image data is corrupt ({type(error).__name__}: {message})") from None
+        raise UnreadableImageError(f"{shown}: image data is corrupt ({type(error).__name__}: {message})") from None
 
 
-def _check_header(path: Path, image: Image.Image, max_pixels: int) -> None:
+def _check_header(shown: str, image: Image.Image, max_pixels: int) -> None:
     width, height = image.size
     if width <= 0 or height <= 0:
-        raise UnreadableImageError(f"{path}: invalid image size {width}x{height}")
+        raise UnreadableImageError(f"{shown}: invalid image size {width}x{height}")
     if width * height > max_pixels:
         raise ImageTooLargeError(
-            f"{path}: {width}x{height} pixels exceeds the limit of {max_pixels:,} "
+            f"{shown}: {width}x{height} pixels exceeds the limit of {max_pixels:,} "
             "(decompression-bomb guard); downscale the image or raise --max-pixels"
         )
-    frames = getattr(image, "n_frames", 1)
+    # An MPO file (a JPEG with extra views from a phone or a stereo camera) opens
+    # on its primary image, which is what a viewer shows, so its other frames are ignored.
+    frames = 1 if image.format == "MPO" else getattr(image, "n_frames", 1)
     if frames > 1:
         raise UnsupportedImageError(
-            f"{path}: {image.format} file has {frames} frames; export the one view to score as its own file"
+            f"{shown}: {image.format} file has {frames} frames; save the one view to score as its own file"
         )
 
 
-def _to_rgb(path: Path, image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    if image.format == "JPEG":
-        # A square request twice the larger target side keeps enough detail for any
-        # EXIF rotation and lets libjpeg skip most of the work on large films.
-        side = 2 * max(size)
+def _reduction_side(size: tuple[int, int] | None) -> int | None:
+    # Twice the larger target side, along both axes, keeps enough detail for any
+    # EXIF rotation and for the final anti-aliased resize.
+    return None if size is None else 2 * max(size)
+
+
+def _to_rgb(shown: str, image: Image.Image, size: tuple[int, int] | None) -> Image.Image:
+    side = _reduction_side(size)
+    if image.format in ("JPEG", "MPO") and side is not None:
+        # libjpeg then decodes at 1/2, 1/4 or 1/8 scale and skips most of the work on large films.
         image.draft("L" if image.mode == "L" else "RGB", (side, side))
     image.load()
-    image = ImageOps.exif_transpose(image)
+    image = _apply_exif_orientation(shown, image)
 
     mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        return _stretch_to_8bit(path, image)
+    if mode in _SIXTEEN_BIT_MODES:
+        return _stretch_to_8bit(shown, image, side)
     if mode == "1":
         return image.convert("L").convert("RGB")
     if mode == "P":
+        # convert() honours the palette's transparency (tRNS chunk or GIF transparent index).
         image = image.convert("RGBA")
         mode = "RGBA"
-    if mode in ("RGBA", "LA", "PA"):
+    if mode in _ALPHA_MODES:
         # Transparent areas become black, the background of a radiograph.
         background = Image.new("RGBA", image.size, (0, 0, 0, 255))
         return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
-    if mode in ("L", "RGB", "CMYK", "YCbCr", "LAB", "HSV"):
+    if mode in _DIRECT_MODES:
+        # NOTE: 16-bit-per-channel RGB PNGs arrive here already cut to 8 bits by
+        # Pillow (high byte kept), so their range is not stretched like 16-bit grayscale.
         return image.convert("RGB")
-    raise UnsupportedImageError(f"{path}: unsupported pixel mode {mode!r}; convert it to 8-bit RGB or grayscale")
+    raise UnsupportedImageError(f"{shown}: unsupported pixel mode {mode!r}; convert it to 8-bit RGB or grayscale")
 
 
-def _stretch_to_8bit(path: Path, image: Image.Image) -> Image.Image:
+def _apply_exif_orientation(shown: str, image: Image.Image) -> Image.Image:
+    """Rotate or flip by the EXIF Orientation tag; an unreadable EXIF block leaves the image as stored."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except (*_DECODE_ERRORS, TypeError) as error:
+        logger.warning(
+            "%s: EXIF block is unreadable (%s); using the image as stored, without rotation",
+            shown,
+            type(error).__name__,
+        )
+        return image
+
+
+def _stretch_to_8bit(shown: str, image: Image.Image, side: int | None) -> Image.Image:
     """Map 16-bit or float grayscale onto 0..255 by its real min..max range, without clipping."""
-    values = np.asarray(image, dtype=np.float64)
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        raise UnsupportedImageError(f"{path}: image holds no finite pixel values")
-    low, high = float(finite.min()), float(finite.max())
-    if high > low:
-        values = (np.nan_to_num(values, nan=low) - low) * (255.0 / (high - low))
-    else:
-        values = np.zeros_like(values)
-    gray = Image.fromarray(np.rint(values).clip(0, 255).astype(np.uint8), mode="L")
-    return gray.convert("RGB")
+    values = np.asarray(image)
+    if side is not None:
+        values = _block_mean(values, min(values.shape[1] // side, values.shape[0] // side))
+    finite = np.isfinite(values)
+    if not finite.any():
+        raise UnsupportedImageError(f"{shown}: image contains no finite pixel values")
+    values = np.where(finite, values, values[finite].min())
+    return Image.fromarray(stretch_array_to_8bit(values), mode="L").convert("RGB")
+
+
+def _block_mean(values: np.ndarray, factor: int) -> np.ndarray:
+    """Average ``factor`` x ``factor`` blocks, dropping the edge rows and columns that do not fill one."""
+    if factor < 2:
+        return values
+    height = values.shape[0] // factor * factor
+    width = values.shape[1] // factor * factor
+    blocks = values[:height, :width].reshape(height // factor, factor, width // factor, factor)
+    return blocks.mean(axis=(1, 3), dtype=np.float64)
 
 
 def stretch_array_to_8bit(values: np.ndarray) -> np.ndarray:
     """Map an array onto uint8 0..255 by its real min..max range (constant arrays become 0)."""
-    values = values.astype(np.float64)
     low, high = float(values.min()), float(values.max())
     if high <= low:
         return np.zeros(values.shape, dtype=np.uint8)
-    return np.rint((values - low) * (255.0 / (high - low))).clip(0, 255).astype(np.uint8)
+    scaled = (values.astype(np.float64) - low) * (255.0 / (high - low))
+    return np.rint(scaled).clip(0, 255).astype(np.uint8)

@@ -1,0 +1,278 @@
+"""Decode single-frame DICOM radiographs into 8-bit RGB images (needs the ``dicom`` extra: pydicom).
+
+Grayscale pipeline, in the order the DICOM standard's display chain applies it:
+the modality LUT or rescale slope/intercept, then the VOI LUT or window
+centre/width (the first one listed), then an 8-bit stretch, and MONOCHROME1
+(white means low values) is inverted last. RGB and YBR images are scored
+too, because secondary captures and photographs of films arrive that way;
+pydicom converts YBR to RGB and no windowing applies to them.
+
+Privacy: only the image-pixel, modality-LUT and VOI-LUT elements listed in
+``_PIXEL_TAGS`` are parsed, so patient and study elements are never decoded
+and cannot reach a message or a log line. Messages name the file path, which
+is the user's own choice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from edgefrac.errors import (
+    ImageTooLargeError,
+    MissingDependencyError,
+    UnreadableImageError,
+    UnsupportedImageError,
+)
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'edgefrac[dicom]'"
+
+_PIXEL_TAGS = [
+    0x00280002,  # SamplesPerPixel
+    0x00280004,  # PhotometricInterpretation
+    0x00280006,  # PlanarConfiguration
+    0x00280008,  # NumberOfFrames
+    0x00280010,  # Rows
+    0x00280011,  # Columns
+    0x00280100,  # BitsAllocated
+    0x00280101,  # BitsStored
+    0x00280102,  # HighBit
+    0x00280103,  # PixelRepresentation
+    0x00281050,  # WindowCenter
+    0x00281051,  # WindowWidth
+    0x00281052,  # RescaleIntercept
+    0x00281053,  # RescaleSlope
+    0x00281056,  # VOILUTFunction
+    0x00283000,  # ModalityLUTSequence
+    0x00283010,  # VOILUTSequence
+    0x7FE00001,  # ExtendedOffsetTable
+    0x7FE00002,  # ExtendedOffsetTableLengths
+    0x7FE00008,  # FloatPixelData
+    0x7FE00009,  # DoubleFloatPixelData
+    0x7FE00010,  # PixelData
+]
+
+_GRAYSCALE = frozenset({"MONOCHROME1", "MONOCHROME2"})
+_COLOUR = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420"})
+
+# Deflated Explicit VR Little Endian is inflated whole by pydicom without a size
+# limit, so a small file could expand to gigabytes before any check runs.
+_DEFLATED_TRANSFER_SYNTAX = "1.2.840.10008.1.2.1.99"
+
+# pydicom raises a wide range of exception types on damaged or hostile files.
+# Only these count as "bad input"; anything else is a bug and propagates.
+_PYDICOM_ERRORS = (
+    OSError,
+    EOFError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    KeyError,
+    IndexError,
+    NotImplementedError,
+    RuntimeError,
+    OverflowError,
+    ArithmeticError,
+    struct.error,
+    zlib.error,
+)
+
+
+def load_dicom_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Image.Image:
+    """Decode a single-frame DICOM file into an 8-bit RGB Pillow image.
+
+    ``max_pixels`` (default: ``edgefrac.images.DEFAULT_MAX_PIXELS``) bounds
+    Rows x Columns before any pixel data is decoded.
+
+    Raises:
+        MissingDependencyError: pydicom is not installed.
+        InputError: a subclass naming the file and why it cannot be used.
+    """
+    from edgefrac.images import DEFAULT_MAX_PIXELS, display_path, stretch_array_to_8bit
+
+    path = Path(path)
+    shown = display_path(path)
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    pydicom = _import_pydicom(shown)
+
+    dataset = _read_dataset(pydicom, path, shown)
+    photometric = _check_layout(dataset, shown, limit)
+    pixels = _decode_pixels(pydicom, dataset, shown)
+
+    if photometric in _COLOUR:
+        if pixels.dtype != np.uint8:
+            pixels = stretch_array_to_8bit(pixels)
+        return Image.fromarray(np.ascontiguousarray(pixels), mode="RGB")
+
+    gray = _grayscale_to_8bit(pydicom, dataset, pixels, shown)
+    if photometric == "MONOCHROME1":
+        gray = 255 - gray
+    return Image.fromarray(gray, mode="L").convert("RGB")
+
+
+def _import_pydicom(shown: str):
+    try:
+        import pydicom
+        import pydicom.pixels
+    except ImportError:
+        raise MissingDependencyError(
+            f"{shown}: reading DICOM files needs pydicom, which is not installed; run {INSTALL_HINT}"
+        ) from None
+    return pydicom
+
+
+def _pydicom_reason(error: BaseException) -> str:
+    """Return a short one-line form of a pydicom exception (it only ever saw the pixel elements)."""
+    text = " ".join(str(error).split())
+    if len(text) > 160:
+        text = text[:157] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _read_dataset(pydicom, path: Path, shown: str):
+    try:
+        with warnings.catch_warnings():
+            # pydicom warns about non-conforming values; only pixel elements are
+            # parsed, and a warning about them does not change the outcome.
+            warnings.simplefilter("ignore")
+            meta = pydicom.filereader.read_file_meta_info(path)
+            transfer_syntax = meta.get("TransferSyntaxUID")
+            if transfer_syntax is None:
+                raise UnreadableImageError(f"{shown}: DICOM file meta has no Transfer Syntax UID")
+            if str(transfer_syntax) == _DEFLATED_TRANSFER_SYNTAX:
+                raise UnsupportedImageError(
+                    f"{shown}: the Deflated Explicit VR Little Endian transfer syntax is not supported "
+                    "(it cannot be inflated with a size limit); re-export the image uncompressed"
+                )
+            return pydicom.dcmread(path, specific_tags=_PIXEL_TAGS)
+    except pydicom.errors.InvalidDicomError:
+        raise UnreadableImageError(
+            f"{shown}: not a DICOM file (no 'DICM' marker after the 128-byte preamble)"
+        ) from None
+    except _PYDICOM_ERRORS as error:
+        raise UnreadableImageError(f"{shown}: DICOM file is corrupt ({_pydicom_reason(error)})") from None
+
+
+def _check_layout(dataset, shown: str, max_pixels: int) -> str:
+    """Check what can be checked before decoding; return the photometric interpretation."""
+    if "PixelData" not in dataset:
+        if "FloatPixelData" in dataset or "DoubleFloatPixelData" in dataset:
+            raise UnsupportedImageError(
+                f"{shown}: DICOM float pixel data (a parametric map) is not a radiograph; export the image itself"
+            )
+        raise UnreadableImageError(
+            f"{shown}: DICOM file contains no pixel data (a report, presentation state or DICOMDIR?)"
+        )
+    try:
+        rows = int(dataset.get("Rows") or 0)
+        columns = int(dataset.get("Columns") or 0)
+        frames = int(dataset.get("NumberOfFrames") or 1)
+        photometric = str(dataset.get("PhotometricInterpretation") or "").strip().upper()
+    except _PYDICOM_ERRORS as error:
+        raise UnreadableImageError(f"{shown}: DICOM image header is corrupt ({_pydicom_reason(error)})") from None
+
+    if rows <= 0 or columns <= 0:
+        raise UnreadableImageError(f"{shown}: DICOM image size {columns}x{rows} is invalid")
+    if frames > 1:
+        raise UnsupportedImageError(
+            f"{shown}: DICOM file has {frames} frames; export the one view to score as a single-frame file"
+        )
+    if rows * columns > max_pixels:
+        raise ImageTooLargeError(
+            f"{shown}: DICOM image of {columns}x{rows} pixels exceeds the limit of {max_pixels:,} "
+            "(decompression-bomb guard); downscale the image or raise --max-pixels"
+        )
+    if photometric not in _GRAYSCALE | _COLOUR:
+        shown_value = photometric[:32] or "missing"
+        raise UnsupportedImageError(
+            f"{shown}: DICOM photometric interpretation {shown_value!r} is not supported "
+            "(expected MONOCHROME1, MONOCHROME2, RGB or YBR)"
+        )
+    return photometric
+
+
+def _decode_pixels(pydicom, dataset, shown: str) -> np.ndarray:
+    transfer_syntax = dataset.file_meta.TransferSyntaxUID
+    try:
+        decoder = pydicom.pixels.get_decoder(transfer_syntax)
+    except NotImplementedError:
+        raise UnsupportedImageError(
+            f"{shown}: DICOM transfer syntax {str(transfer_syntax)[:64]!r} has no pixel decoder in pydicom; "
+            "re-export the image uncompressed"
+        ) from None
+    if not decoder.is_available:
+        missing = "; ".join(decoder.missing_dependencies) or "no decoder plugin"
+        raise UnsupportedImageError(
+            f"{shown}: no decoder is installed for the DICOM transfer syntax {transfer_syntax.name} "
+            f"({missing}); run {INSTALL_HINT}"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return dataset.pixel_array
+    except _PYDICOM_ERRORS as error:
+        raise UnreadableImageError(
+            f"{shown}: DICOM pixel data cannot be decoded ({_pydicom_reason(error)})"
+        ) from None
+
+
+def _grayscale_to_8bit(pydicom, dataset, pixels: np.ndarray, shown: str) -> np.ndarray:
+    """Apply the modality LUT and the VOI LUT or window, then map the result onto 0..255."""
+    from edgefrac.images import stretch_array_to_8bit
+
+    processing = pydicom.pixels
+    if pixels.ndim != 2:
+        raise UnsupportedImageError(
+            f"{shown}: DICOM grayscale pixel data has shape {pixels.shape}; expected rows x columns"
+        )
+    try:
+        with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore"):
+            warnings.simplefilter("ignore")
+            values = processing.apply_modality_lut(pixels, dataset)
+            output_range = _window_output_range(processing, dataset)
+            values = processing.apply_voi_lut(values, dataset)
+    except _PYDICOM_ERRORS as error:
+        raise UnsupportedImageError(
+            f"{shown}: DICOM modality or VOI LUT cannot be applied ({_pydicom_reason(error)})"
+        ) from None
+
+    values = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise UnsupportedImageError(f"{shown}: DICOM rescale gives non-finite pixel values")
+    if output_range is None:
+        # A VOI LUT, or no VOI at all: stretch over the values actually present.
+        return stretch_array_to_8bit(values)
+
+    low, high = output_range
+    if low == high:
+        return np.zeros(values.shape, dtype=np.uint8)
+    # The window's own output range maps onto 0..255, so a window wider than the
+    # data keeps the contrast the window asks for. With a negative rescale slope
+    # low > high, and the formula still sends the window's lower edge to 0.
+    scaled = (values - low) * (255.0 / (high - low))
+    return np.rint(scaled).clip(0, 255).astype(np.uint8)
+
+
+def _window_output_range(processing, dataset) -> tuple[float, float] | None:
+    """Return the (lower edge, upper edge) outputs of the window, or None when a VOI LUT or nothing applies.
+
+    pydicom's apply_voi_lut prefers a valid VOI LUT Sequence over the window,
+    so this follows the same rule. The edges come from windowing -inf and +inf
+    with pydicom itself, which covers LINEAR, LINEAR_EXACT and SIGMOID alike.
+    """
+    sequence = dataset.get("VOILUTSequence")
+    if sequence and sequence[0].get("LUTDescriptor") is not None and sequence[0].get("LUTData") is not None:
+        return None
+    if dataset.get("WindowCenter") is None or dataset.get("WindowWidth") is None:
+        return None
+    edges = processing.apply_windowing(np.array([-np.inf, np.inf]), dataset)
+    return float(edges[0]), float(edges[1])
