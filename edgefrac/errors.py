@@ -51,3 +51,7 @@ class UnsupportedImageError(InputError):
 
 class DriftExceededError(EdgefracError):
     """The quantized model drifted further from its reference than allowed."""
+
+
+class OutputWriteError(EdgefracError):
+    """A results file (CSV, JSON or audit log) could not be written, for example because the disk is full."""

@@ -1,0 +1,32 @@
+"""``edgefrac export``: write the TFLite model inside a model file as a plain ``.tflite``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from edgefrac.cli import main
+from edgefrac.dataset import file_sha256
+from edgefrac.errors import OutputWriteError, UsageError
+from edgefrac.modelfile import export_tflite
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+def export(model: Path, output: Path) -> None:
+    """Write the verified TFLite model inside MODEL (.efm) to OUTPUT (.tflite).
+
+    The output is the converter's bytes unchanged, for tools that read plain
+    TFLite files (benchmark_model, edgetpu_compiler, Netron). The model file's
+    hashes are checked first, so a corrupted file writes nothing.
+    """
+    if output.exists() and model.exists() and os.path.samefile(model, output):
+        raise UsageError(f"OUTPUT {output} is the model file itself; pass another output path")
+    try:
+        written = export_tflite(model, output)
+    except OSError as error:
+        raise OutputWriteError(f"cannot write {output}: {error.strerror or error}") from None
+    click.echo(f"wrote {written} ({written.stat().st_size} bytes, sha256 {file_sha256(written)})")

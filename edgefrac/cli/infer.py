@@ -1,0 +1,257 @@
+"""``edgefrac infer``: score radiograph files, folders or glob patterns with a model."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from edgefrac.batch import ScoreRecord, Status, Summary, display_path, score_files
+from edgefrac.card import OutputKind
+from edgefrac.classifier import FractureClassifier, Overrides
+from edgefrac.cli import main
+from edgefrac.defaults import default_model_path
+from edgefrac.exitcodes import ExitCode
+from edgefrac.images import DEFAULT_MAX_PIXELS
+from edgefrac.preprocessing import ResizeMethod, ValueScaling
+from edgefrac.results import AuditLog, CsvResults, json_document
+from edgefrac.runtime import resolve_runtime
+
+RUNTIME_CHOICES = ("litert", "tflite_runtime", "tensorflow")
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0  every input was scored (or was already in --csv)
+  1  runtime failure: the model, the interpreter or an output file
+     cannot be used (a full disk included)
+  2  usage error: invalid option, or a target that does not exist
+  3  the run finished, but some inputs could not be scored; their
+     rows give the reason
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierSettings:
+    """The options that choose a model and how it runs, shared by the commands that score images."""
+
+    model: Path | None = None
+    threads: int | None = None
+    runtime: str | None = None
+    overrides: Overrides = Overrides()
+    allow_truncated: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    @property
+    def model_path(self) -> Path:
+        return self.model if self.model is not None else default_model_path()
+
+
+def classifier_options(command):
+    """Add the model and preprocessing options to ``command`` as one ``settings`` argument."""
+    options = [
+        click.option(
+            "--model",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Model file (.efm, or a plain .tflite). Default: the model shipped with edgefrac.",
+        ),
+        click.option(
+            "--threads",
+            type=click.IntRange(min=1),
+            help="Interpreter threads. Default: the number of CPU cores this process may use.",
+        ),
+        click.option(
+            "--runtime",
+            "runtime_name",
+            type=click.Choice(RUNTIME_CHOICES),
+            help="TFLite interpreter package. Default: the first installed of litert, tflite_runtime, tensorflow.",
+        ),
+        click.option(
+            "--threshold",
+            type=click.FloatRange(0.0, 1.0),
+            help="Probability at or above which an image is labelled fractured. Default: the model card's.",
+        ),
+        click.option(
+            "--scaling",
+            type=click.Choice([member.value for member in ValueScaling]),
+            help="Pixel value range of the model input. Default: the model card's.",
+        ),
+        click.option(
+            "--resize",
+            type=click.Choice([member.value for member in ResizeMethod]),
+            help="Resampling filter used to resize images. Default: the model card's.",
+        ),
+        click.option("--height", type=click.IntRange(min=1), help="Model input height in pixels. Default: the card's."),
+        click.option("--width", type=click.IntRange(min=1), help="Model input width in pixels. Default: the card's."),
+        click.option(
+            "--output-kind",
+            type=click.Choice([member.value for member in OutputKind]),
+            help="Whether the model outputs a probability or a logit. Default: the model card's.",
+        ),
+        click.option(
+            "--allow-truncated",
+            is_flag=True,
+            help="Score truncated JPEG/PNG files with the missing part grey, instead of reporting an error.",
+        ),
+        click.option(
+            "--max-pixels",
+            type=click.IntRange(min=1),
+            default=DEFAULT_MAX_PIXELS,
+            show_default=True,
+            help="Largest image, in pixels, to decode (decompression-bomb guard).",
+        ),
+    ]
+
+    @functools.wraps(command)
+    def wrapped(**kwargs):
+        settings = ClassifierSettings(
+            model=kwargs.pop("model"),
+            threads=kwargs.pop("threads"),
+            runtime=kwargs.pop("runtime_name"),
+            overrides=Overrides(
+                height=kwargs.pop("height"),
+                width=kwargs.pop("width"),
+                resize=_enum_or_none(ResizeMethod, kwargs.pop("resize")),
+                scaling=_enum_or_none(ValueScaling, kwargs.pop("scaling")),
+                threshold=kwargs.pop("threshold"),
+                output_kind=_enum_or_none(OutputKind, kwargs.pop("output_kind")),
+            ),
+            allow_truncated=kwargs.pop("allow_truncated"),
+            max_pixels=kwargs.pop("max_pixels"),
+        )
+        return command(settings=settings, **kwargs)
+
+    for option in reversed(options):
+        wrapped = option(wrapped)
+    return wrapped
+
+
+def _enum_or_none(enum_class, value):
+    return None if value is None else enum_class(value)
+
+
+def build_classifier(settings: ClassifierSettings, *, delegates: tuple = ()) -> FractureClassifier:
+    """Load the model ``settings`` names and create its interpreter.
+
+    Commands that add hardware delegates pass them as ``delegates``.
+    """
+    runtime = resolve_runtime(settings.runtime)
+    return FractureClassifier.from_path(
+        settings.model_path,
+        threads=settings.threads,
+        delegates=delegates,
+        overrides=settings.overrides,
+        allow_truncated=settings.allow_truncated,
+        max_pixels=settings.max_pixels,
+        runtime=runtime,
+    )
+
+
+@main.command(epilog=EXIT_CODES_HELP)
+@click.argument("targets", nargs=-1, required=True)
+@classifier_options
+@click.option("--json", "as_json", is_flag=True, help="Write one JSON document to stdout instead of the table.")
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Append one row per file to this CSV. Running again with the same file skips files already scored "
+    "and scores files with an error row again.",
+)
+@click.option(
+    "--audit-log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Append one JSON line per file: time, input SHA-256, model SHA-256, result.",
+)
+def infer(targets, settings: ClassifierSettings, as_json: bool, csv_path: Path | None, audit_log: Path | None):
+    """Score radiographs for fractures.
+
+    TARGETS are image or DICOM files, folders (searched recursively) or glob
+    patterns such as 'scans/**/*.jpg'. Prints a table of file, fracture
+    probability and label on stdout and a summary on stderr. A file that
+    cannot be read gets a row with the reason, and the run goes on.
+    """
+    from edgefrac.targets import expand_targets
+
+    _report_file_size_limit_as_error()
+    files = expand_targets(targets)
+    classifier = build_classifier(settings)
+    model = classifier.model
+    summary = Summary()
+    records: list[ScoreRecord] = []
+
+    with contextlib.ExitStack() as stack:
+        table = None
+        if csv_path is not None:
+            table = stack.enter_context(
+                CsvResults(csv_path, model_sha256=model.sha256, threshold=classifier.threshold)
+            )
+        audit = None
+        if audit_log is not None:
+            audit = stack.enter_context(AuditLog(audit_log, model_sha256=model.sha256))
+
+        pending = [path for path in files if table is None or not table.is_done(path)]
+        summary.skipped = len(files) - len(pending)
+        scored = score_files(classifier, pending, hash_inputs=audit is not None)
+        progress = _progress_bar(stack, len(pending))
+        for record in scored:
+            if table is not None:
+                table.write(record)
+            if audit is not None:
+                audit.write(record)
+            summary.add(record)
+            records.append(record)
+            if progress is not None:
+                progress.update(1)
+
+    if as_json:
+        document = json_document(
+            records,
+            model_path=os.fspath(model.path),
+            model_sha256=model.sha256,
+            model_name=classifier.card.name,
+            runtime=classifier.runtime.info.describe(),
+            summary={**dataclasses.asdict(summary), "threshold": classifier.threshold},
+        )
+        click.echo(json.dumps(document, indent=2))
+    else:
+        _print_table(records)
+    click.echo(
+        f"scored {summary.scored}, fractured {summary.fractured}, failed {summary.failed}, "
+        f"skipped {summary.skipped} (threshold {classifier.threshold:g}; model {classifier.card.name}, "
+        f"sha256 {model.sha256[:12]})",
+        err=True,
+    )
+    if summary.failed:
+        sys.exit(ExitCode.SOME_INPUTS_FAILED)
+
+
+def _report_file_size_limit_as_error() -> None:
+    """Make a file-size limit (``ulimit -f``) fail a write with EFBIG instead of killing the process."""
+    if hasattr(signal, "SIGXFSZ"):
+        with contextlib.suppress(ValueError):  # not the main thread
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def _progress_bar(stack: contextlib.ExitStack, length: int):
+    stream = click.get_text_stream("stderr")
+    if length < 2 or not stream.isatty():
+        return None
+    return stack.enter_context(click.progressbar(length=length, label="Scoring", file=stream))
+
+
+def _print_table(records: list[ScoreRecord]) -> None:
+    names = [display_path(record.path) for record in records]
+    width = max([len("file"), *map(len, names)])
+    click.echo(f"{'file':<{width}}  {'probability':>11}  label")
+    for name, record in zip(names, records):
+        if record.status is Status.OK:
+            click.echo(f"{name:<{width}}  {record.probability:>11.4f}  {record.label}")
+        else:
+            click.echo(f"{name:<{width}}  {'-':>11}  error: {display_path(record.error or '')}")

@@ -1,0 +1,353 @@
+"""Durable result files: the ``--csv`` table with resume, and the ``--audit-log`` JSON lines.
+
+Both files are append-only. Each record is written with one ``write`` call and
+then ``fsync``-ed, so a power cut or ``kill -9`` can lose at most the record
+being written, and that record can only be a partial last line. When a file is
+opened again, every record is checked and the file is truncated back to the
+end of the last complete one before anything is appended.
+
+Paths are written with Python's ``surrogateescape`` error handler, so a file
+name that is not valid UTF-8 keeps its exact bytes and still matches on resume.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import errno
+import io
+import json
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from edgefrac import __version__
+from edgefrac.batch import ScoreRecord, Status, display_path
+from edgefrac.errors import OutputWriteError, UsageError
+
+logger = logging.getLogger(__name__)
+
+CSV_COLUMNS = (
+    "path",
+    "status",
+    "probability",
+    "label",
+    "threshold",
+    "error",
+    "model_sha256",
+    "edgefrac_version",
+)
+_ENCODING = "utf-8"
+_ERRORS = "surrogateescape"
+_DISK_FULL = {errno.ENOSPC: "no space left on device", errno.EFBIG: "file size limit reached"}
+if hasattr(errno, "EDQUOT"):
+    _DISK_FULL[errno.EDQUOT] = "disk quota exceeded"
+
+
+class AppendOnlyFile:
+    """A file that grows by whole records, each one written and synced before the next."""
+
+    def __init__(self, path: str | os.PathLike, *, header: bytes = b""):
+        """Open ``path`` for appending, creating it with ``header`` (not counted as a record) if empty."""
+        self.path = Path(path)
+        self.records_written = 0
+        try:
+            self._descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise _write_error(self.path, error, 0) from None
+        if header and os.fstat(self._descriptor).st_size == 0:
+            self.append(header)
+            self.records_written = 0
+
+    def append(self, data: bytes) -> None:
+        """Write ``data`` and sync it; a failed write leaves the file as it was before the call."""
+        start = os.fstat(self._descriptor).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(self._descriptor, view)
+                view = view[written:]
+            os.fsync(self._descriptor)
+        except OSError as error:
+            self._undo(start)
+            raise _write_error(self.path, error, self.records_written) from None
+        self.records_written += 1
+
+    def _undo(self, size: int) -> None:
+        try:
+            os.ftruncate(self._descriptor, size)
+            os.fsync(self._descriptor)
+        except OSError as error:
+            logger.warning("cannot remove the partial record at the end of %s: %s", self.path, error)
+
+    def close(self) -> None:
+        if self._descriptor >= 0:
+            os.close(self._descriptor)
+            self._descriptor = -1
+
+    def __enter__(self) -> AppendOnlyFile:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def _write_error(path: Path, error: OSError, records_written: int) -> OutputWriteError:
+    reason = _DISK_FULL.get(error.errno or 0, error.strerror or str(error))
+    kept = f"the {records_written} record(s) written before are kept" if records_written else "nothing was written"
+    advice = "free some space, then run the same command again to resume" if error.errno in _DISK_FULL else (
+        "check the path and its permissions"
+    )
+    return OutputWriteError(f"cannot write {path}: {reason}; {kept}; {advice}")
+
+
+def _truncate(path: Path, size: int) -> None:
+    with open(path, "r+b") as handle:
+        handle.truncate(size)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _format_row(values: Iterable[str]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(list(values))
+    return buffer.getvalue()
+
+
+def read_complete_rows(data: bytes) -> tuple[list[list[str]], int]:
+    """Parse a results CSV and return its complete data rows and the byte length they span.
+
+    A row counts as complete only when writing it again with this module's
+    format gives exactly the bytes in the file. This check rejects a partial
+    last line, a line cut inside a quoted field and zero bytes left by a crash.
+
+    Raises:
+        UsageError: the data does not start with this module's header.
+    """
+    text = data.decode(_ENCODING, errors=_ERRORS)
+    header = _format_row(CSV_COLUMNS)
+    if not text.startswith(header):
+        raise UsageError(
+            "the file is not an edgefrac results CSV (its first line is not "
+            f"{header.strip()!r}); pass a new --csv path"
+        )
+    position = len(header)
+    rows: list[list[str]] = []
+    reader = csv.reader(io.StringIO(text[position:], newline=""))
+    try:
+        for row in reader:
+            formatted = _format_row(row)
+            if len(row) != len(CSV_COLUMNS) or not text.startswith(formatted, position):
+                break
+            rows.append(row)
+            position += len(formatted)
+    except csv.Error:
+        pass
+    return rows, len(text[:position].encode(_ENCODING, errors=_ERRORS))
+
+
+class CsvResults:
+    """The ``--csv`` results table: one row per file, appended and synced as each file finishes.
+
+    Opening an existing table resumes it. Files with an ``ok`` row are skipped.
+    Files with an ``error`` row are scored again, because the cause (a file
+    copied while the run was going, a permission since fixed) may be gone.
+    Their old rows are dropped first: the kept rows are rewritten through a
+    synced temporary file and a rename. So the table never has two rows for one
+    file, and a crash during the rewrite leaves either the old or the new table.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, model_sha256: str, threshold: float):
+        self.path = Path(path)
+        self.model_sha256 = model_sha256
+        self.threshold = threshold
+        self.done: set[str] = set()
+        self.retried = 0
+        self._prepare()
+        self._file = AppendOnlyFile(self.path, header=_format_row(CSV_COLUMNS).encode(_ENCODING))
+
+    def _prepare(self) -> None:
+        if not self.path.exists():
+            return
+        if self.path.is_dir():
+            raise UsageError(f"--csv {self.path} is a folder; pass a file path")
+        try:
+            data = self.path.read_bytes()
+        except OSError as error:
+            raise OutputWriteError(f"cannot read {self.path} to resume it: {error.strerror}") from None
+        if not data:
+            return
+        try:
+            rows, complete_length = read_complete_rows(data)
+        except UsageError as error:
+            raise UsageError(f"--csv {self.path}: {error}") from None
+        self._check_same_model(rows)
+        kept = [row for row in rows if row[1] == Status.OK.value]
+        self.retried = len(rows) - len(kept)
+        if complete_length < len(data):
+            logger.warning(
+                "%s ends with an incomplete row (%d bytes, left by an interrupted run); removing it",
+                self.path, len(data) - complete_length,
+            )
+        if self.retried:
+            logger.info("%s: scoring %d file(s) with an error row again", self.path, self.retried)
+            self._rewrite(kept)
+        elif complete_length < len(data):
+            _truncate(self.path, complete_length)
+        self.done = {_key(row[0]) for row in kept}
+
+    def _check_same_model(self, rows: list[list[str]]) -> None:
+        for row in rows:
+            if row[6] != self.model_sha256:
+                raise UsageError(
+                    f"--csv {self.path} contains rows scored by model sha256 {row[6][:12]}..., but this run uses "
+                    f"{self.model_sha256[:12]}...; pass a new --csv path or use the model of the earlier run"
+                )
+            if row[1] == Status.OK.value and float(row[4]) != self.threshold:
+                raise UsageError(
+                    f"--csv {self.path} contains rows labelled at threshold {row[4]}, but this run uses "
+                    f"{self.threshold}; pass a new --csv path or the same --threshold as the earlier run"
+                )
+
+    def _rewrite(self, rows: list[list[str]]) -> None:
+        temporary = self.path.with_name(f".{self.path.name}.tmp")
+        text = _format_row(CSV_COLUMNS) + "".join(_format_row(row) for row in rows)
+        try:
+            with open(temporary, "wb") as handle:
+                handle.write(text.encode(_ENCODING, errors=_ERRORS))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, self.path)
+        except OSError as error:
+            temporary.unlink(missing_ok=True)
+            raise _write_error(self.path, error, 0) from None
+        directory = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def is_done(self, path: str | os.PathLike) -> bool:
+        """Return whether ``path`` already has an ``ok`` row from an earlier run."""
+        return _key(os.fspath(path)) in self.done
+
+    def write(self, record: ScoreRecord) -> None:
+        """Append and sync the row for ``record``."""
+        row = _format_row(
+            (
+                record.path,
+                record.status.value,
+                "" if record.probability is None else repr(record.probability),
+                record.label or "",
+                repr(record.threshold),
+                record.error or "",
+                self.model_sha256,
+                __version__,
+            )
+        )
+        self._file.append(row.encode(_ENCODING, errors=_ERRORS))
+
+    @property
+    def rows_written(self) -> int:
+        return self._file.records_written
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> CsvResults:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def _key(path: str) -> str:
+    return os.path.normpath(os.path.abspath(path))
+
+
+class AuditLog:
+    """An append-only JSON-lines log: when each input was scored, by which model, with what result.
+
+    A record names the input by its SHA-256, not its path, because clinics often
+    put patient names in file names.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, model_sha256: str):
+        self.path = Path(path)
+        self.model_sha256 = model_sha256
+        _drop_partial_line(self.path)
+        self._file = AppendOnlyFile(self.path)
+
+    def write(self, record: ScoreRecord) -> None:
+        entry = {
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
+            "input_sha256": record.input_sha256,
+            "model_sha256": self.model_sha256,
+            "result": {
+                "status": record.status.value,
+                "probability": record.probability,
+                "label": record.label,
+                "threshold": record.threshold,
+                "error": None if record.error is None else _without_path(record),
+            },
+            "edgefrac_version": __version__,
+        }
+        self._file.append((json.dumps(entry, sort_keys=True) + "\n").encode(_ENCODING))
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def _without_path(record: ScoreRecord) -> str:
+    """Return the error reason with the file's path removed, keeping the log free of file names."""
+    reason = record.error or ""
+    return reason.replace(record.path, "<input>")
+
+
+def _drop_partial_line(path: Path) -> None:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise OutputWriteError(f"cannot read {path} before appending to it: {error.strerror}") from None
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        logger.warning("%s ends with an incomplete line (left by an interrupted run); removing it", path)
+        _truncate(path, end)
+
+
+def json_document(
+    records: list[ScoreRecord],
+    *,
+    model_path: str,
+    model_sha256: str,
+    model_name: str,
+    runtime: str,
+    summary: dict,
+) -> dict:
+    """Build the ``--json`` output of ``edgefrac infer``: model, version, one entry per file, counts."""
+    return {
+        "edgefrac_version": __version__,
+        "model": {"path": display_path(model_path), "sha256": model_sha256, "name": model_name},
+        "runtime": runtime,
+        "results": [
+            {
+                "path": display_path(record.path),
+                "status": record.status.value,
+                "probability": record.probability,
+                "label": record.label,
+                "threshold": record.threshold,
+                "error": None if record.error is None else display_path(record.error),
+            }
+            for record in records
+        ],
+        "summary": summary,
+    }

@@ -1,0 +1,98 @@
+"""Expand the TARGET arguments of ``edgefrac infer`` into a list of files to score.
+
+A target is a file, a folder (searched recursively for image and DICOM files)
+or a glob pattern. Patterns are expanded here, so a quoted pattern works the
+same as one the shell expanded, and ``**`` matches any depth.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from edgefrac.errors import UsageError
+from edgefrac.images import DICOM_SUFFIXES, IMAGE_SUFFIXES
+
+logger = logging.getLogger(__name__)
+
+SCORED_SUFFIXES = IMAGE_SUFFIXES | DICOM_SUFFIXES
+_GLOB_CHARACTERS = frozenset("*?[")
+
+
+def is_pattern(target: str) -> bool:
+    """Return whether ``target`` contains a glob wildcard (``*``, ``?`` or ``[``)."""
+    return any(character in _GLOB_CHARACTERS for character in target)
+
+
+def walk_folder(folder: Path) -> Iterator[Path]:
+    """Yield the image and DICOM files under ``folder``, recursively, in sorted order.
+
+    Symbolic links to folders are not followed, so a link loop cannot make the
+    walk endless. A link named like an image that leads nowhere (broken, or a
+    loop) is still yielded: scoring it fails with a reason, so the run has a row
+    for every name that looks like an input. A folder named like an image is
+    searched like any other folder.
+    """
+
+    def report(error: OSError) -> None:
+        logger.warning("cannot list folder %s (%s); its files are left out", error.filename, error.strerror)
+
+    for directory, subfolders, names in os.walk(folder, onerror=report, followlinks=False):
+        subfolders.sort()
+        for name in sorted(names):
+            if os.path.splitext(name)[1].lower() in SCORED_SUFFIXES:
+                yield Path(directory, name)
+
+
+def expand_targets(targets: Iterable[str]) -> list[Path]:
+    """Return the files named by ``targets``, each once, in the order given.
+
+    A file named explicitly is kept whatever its suffix, because the user chose
+    it. Folders and patterns contribute only files with an image or DICOM
+    suffix (see ``edgefrac.images``).
+
+    Raises:
+        UsageError: a target does not exist, a pattern matches nothing, or no
+            file to score was found at all.
+    """
+    files: list[Path] = []
+    seen: set[str] = set()
+    for target in targets:
+        for path in _expand_one(target):
+            key = os.path.normpath(os.path.abspath(path))
+            if key not in seen:
+                seen.add(key)
+                files.append(path)
+    if not files:
+        raise UsageError(
+            "no image or DICOM files found in the given targets; expected files with one of the suffixes "
+            + ", ".join(sorted(SCORED_SUFFIXES))
+        )
+    return files
+
+
+def _expand_one(target: str) -> list[Path]:
+    path = Path(target)
+    if path.is_dir():
+        found = list(walk_folder(path))
+        if not found:
+            logger.warning("folder %s contains no image or DICOM files", path)
+        return found
+    if path.is_file() or os.path.islink(path):
+        return [path]
+    if is_pattern(target):
+        matches = sorted(glob.glob(target, recursive=True))
+        if not matches:
+            raise UsageError(f"pattern {target!r} matches no files; check the pattern and the current folder")
+        found = []
+        for match in matches:
+            match_path = Path(match)
+            if match_path.is_dir():
+                found.extend(walk_folder(match_path))
+            elif match_path.suffix.lower() in SCORED_SUFFIXES:
+                found.append(match_path)
+        return found
+    raise UsageError(f"target {target!r} not found; pass an image file, a folder or a glob pattern")

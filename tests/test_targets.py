@@ -1,0 +1,93 @@
+"""Expanding infer targets: files, folders, glob patterns, odd folder entries."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from edgefrac.errors import UsageError
+from edgefrac.targets import expand_targets, is_pattern, walk_folder
+
+
+def _touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    return path
+
+
+def test_folder_recursive_sorted(tmp_path):
+    _touch(tmp_path / "b.jpg")
+    _touch(tmp_path / "a.PNG")
+    _touch(tmp_path / "sub" / "deep" / "c.dcm")
+    _touch(tmp_path / "notes.txt")
+    found = [path.relative_to(tmp_path).as_posix() for path in expand_targets([str(tmp_path)])]
+    assert found == ["a.PNG", "b.jpg", "sub/deep/c.dcm"]
+
+
+def test_explicit_file_any_suffix(tmp_path):
+    path = _touch(tmp_path / "scan.raw")
+    assert expand_targets([str(path)]) == [path]
+
+
+def test_quoted_glob_expanded(tmp_path, monkeypatch):
+    _touch(tmp_path / "x" / "one.jpg")
+    _touch(tmp_path / "x" / "y" / "two.jpg")
+    _touch(tmp_path / "x" / "y" / "three.txt")
+    monkeypatch.chdir(tmp_path)
+    found = [path.as_posix() for path in expand_targets(["x/**/*.*"])]
+    assert found == ["x/one.jpg", "x/y/two.jpg"]
+
+
+def test_glob_matching_folder_walks_it(tmp_path, monkeypatch):
+    _touch(tmp_path / "day1" / "a.jpg")
+    _touch(tmp_path / "day2" / "b.jpg")
+    monkeypatch.chdir(tmp_path)
+    assert [path.as_posix() for path in expand_targets(["day*"])] == ["day1/a.jpg", "day2/b.jpg"]
+
+
+def test_duplicates_kept_once(tmp_path, monkeypatch):
+    path = _touch(tmp_path / "a.jpg")
+    monkeypatch.chdir(tmp_path)
+    assert expand_targets(["a.jpg", str(path), "."]) == [Path("a.jpg")]
+
+
+def test_missing_target_rejected(tmp_path):
+    with pytest.raises(UsageError, match="not found"):
+        expand_targets([str(tmp_path / "absent.jpg")])
+
+
+def test_unmatched_pattern_rejected(tmp_path):
+    with pytest.raises(UsageError, match="matches no files"):
+        expand_targets([str(tmp_path / "*.jpg")])
+
+
+def test_empty_folder_rejected(tmp_path):
+    with pytest.raises(UsageError, match="no image or DICOM files"):
+        expand_targets([str(tmp_path)])
+
+
+def test_folder_named_like_image_walked(tmp_path):
+    inner = _touch(tmp_path / "study.jpg" / "view.png")
+    assert list(walk_folder(tmp_path)) == [inner]
+
+
+def test_symlink_loop_yielded_not_followed(tmp_path):
+    os.symlink("loop_b.jpg", tmp_path / "loop_a.jpg")
+    os.symlink("loop_a.jpg", tmp_path / "loop_b.jpg")
+    os.symlink(".", tmp_path / "self")
+    names = [path.name for path in walk_folder(tmp_path)]
+    assert names == ["loop_a.jpg", "loop_b.jpg"]
+
+
+def test_non_utf8_name_listed(tmp_path):
+    name = os.fsdecode(b"r\xf6ntgen.jpg")
+    _touch(tmp_path / name)
+    assert [path.name for path in walk_folder(tmp_path)] == [name]
+
+
+def test_pattern_detection():
+    assert is_pattern("scans/*.jpg")
+    assert is_pattern("scan?.png")
+    assert not is_pattern("scans/a.jpg")
