@@ -40,9 +40,10 @@ DEFAULT_MAX_PIXELS = 64_000_000
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic"})
 
-# Pillow formats tried on a file. Keeping the list short means that a renamed
-# EPS file never starts Ghostscript and exotic plugins never see hostile bytes.
-PILLOW_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "TIFF", "GIF", "WEBP")
+# Pillow formats tried on a file; Pillow's JPEG plugin also opens MPO. Keeping the
+# list short means that a renamed EPS file never starts Ghostscript and exotic
+# plugins never see hostile bytes.
+PILLOW_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "GIF", "WEBP")
 
 # Pillow's truncated-image switch (ImageFile.LOAD_TRUNCATED_IMAGES) is a module
 # global read during decoding. Every Pillow decode holds this lock and sets the
