@@ -4,3 +4,4 @@
 from edgefrac.cli import infer  # noqa: F401, E402
 from edgefrac.cli import info  # noqa: F401, E402
 from edgefrac.cli import export  # noqa: F401, E402
+from edgefrac.cli import bench  # noqa: F401, E402
