@@ -14,7 +14,7 @@ import sys
 import click
 
 from edgefrac import __version__
-from edgefrac.errors import EdgefracError, MissingDependencyError, UsageError
+from edgefrac.errors import DriftExceededError, EdgefracError, UsageError
 from edgefrac.exitcodes import ExitCode
 
 logger = logging.getLogger("edgefrac")
@@ -38,6 +38,9 @@ class EdgefracGroup(click.Group):
         except UsageError as error:
             click.echo(f"Error: {error}", err=True)
             ctx.exit(ExitCode.USAGE)
+        except DriftExceededError as error:
+            click.echo(f"Error: {error}", err=True)
+            ctx.exit(ExitCode.DRIFT_EXCEEDED)
         except EdgefracError as error:
             click.echo(f"Error: {error}", err=True)
             ctx.exit(ExitCode.RUNTIME_FAILURE)

@@ -1,0 +1,322 @@
+"""``edgefrac convert``: Keras model -> float32, float16 and int8 model files with drift checks.
+
+Steps: read the Keras model and its training record, draw the representative
+dataset from training images, convert each variant, score the validation
+(and test) split with Keras and with each converted model through the device
+runtime, re-tune the int8 threshold on the int8 outputs, and write one ``.efm``
+per variant whose card carries the threshold and the measured drift.
+
+The int8 model's output is the logit by default. A sigmoid output quantized
+to int8 has only 256 levels (scale 1/256, zero point -128), which near a
+low decision threshold leaves few distinct values to choose from. The logit
+spans a wider range, so the quantization levels spread over the probability
+scale where the decisions are made; the runtime applies the sigmoid itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from converters import calibration
+from converters.cards import card_for_model
+from converters.split import Split, read_split
+from converters.tf import keras, tf
+from converters.tflite import Variant, convert
+from converters.training import read_model_record
+from edgefrac import drift, metrics
+from edgefrac.card import DecisionThreshold, OutputKind
+from edgefrac.classifier import FractureClassifier
+from edgefrac.dataset import file_sha256
+from edgefrac.errors import InputError, UsageError
+from edgefrac.images import load_input
+from edgefrac.modelfile import LoadedModel, write_model_file
+from edgefrac.preprocessing import PreprocessConfig
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_VARIANTS = (Variant.INT8, Variant.FLOAT32, Variant.FLOAT16)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertOptions:
+    """Settings of one conversion run."""
+
+    variants: tuple[Variant, ...] = DEFAULT_VARIANTS
+    output_kind: OutputKind = OutputKind.LOGIT
+    calibration_size: int = calibration.DEFAULT_CALIBRATION_SIZE
+    seed: int = 0
+    target_sensitivity: float | None = None
+    threshold: float | None = None
+    preprocessing: PreprocessConfig | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantResult:
+    """One converted model file and its drift against the Keras model."""
+
+    variant: Variant
+    path: Path
+    bytes: int
+    sha256: str
+    threshold: float
+    validation: drift.DriftReport | None
+    test: drift.DriftReport | None
+
+    def to_dict(self) -> dict:
+        return {
+            "variant": self.variant.value,
+            "path": str(self.path),
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "threshold": self.threshold,
+            "validation": self.validation.to_dict() if self.validation else None,
+            "test": self.test.to_dict() if self.test else None,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class ConversionReport:
+    """Everything ``edgefrac convert`` measured, written beside the model files as JSON."""
+
+    source: Path
+    source_sha256: str
+    reference_threshold: float
+    target_sensitivity: float
+    calibration_images: int
+    calibration_ids_sha256: str
+    results: tuple[VariantResult, ...]
+
+    def result(self, variant: Variant) -> VariantResult | None:
+        return next((r for r in self.results if r.variant is Variant(variant)), None)
+
+    def to_dict(self) -> dict:
+        return {
+            "source": str(self.source),
+            "source_sha256": self.source_sha256,
+            "reference_threshold": self.reference_threshold,
+            "target_sensitivity": self.target_sensitivity,
+            "calibration_images": self.calibration_images,
+            "calibration_ids_sha256": self.calibration_ids_sha256,
+            "results": [r.to_dict() for r in self.results],
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class _ScoredSplit:
+    ids: list[str]
+    labels: np.ndarray
+    inputs: np.ndarray
+    groups: dict[str, list[str]]
+
+
+def _score_split(split: Split, name: str, config: PreprocessConfig) -> _ScoredSplit | None:
+    entries = split.subset(name, decodable_only=True)
+    if not entries:
+        return None
+    inputs, ids, labels = [], [], []
+    for entry in entries:
+        try:
+            inputs.append(load_input(split.path_of(entry), config))
+        except InputError as error:
+            logger.warning("%s image %s left out: %s", name, entry.image_id, error)
+            continue
+        ids.append(entry.image_id)
+        labels.append(entry.label)
+    kept = {e.image_id: e for e in entries}
+    groups: dict[str, list[str]] = {}
+    for image_id in ids:
+        entry = kept[image_id]
+        groups.setdefault(f"class:{'fractured' if entry.label else 'not_fractured'}", []).append(image_id)
+        groups.setdefault(f"region:{entry.region}", []).append(image_id)
+        if entry.hardware is not None:
+            groups.setdefault(f"hardware:{'yes' if entry.hardware else 'no'}", []).append(image_id)
+    return _ScoredSplit(ids=ids, labels=np.array(labels, dtype=np.int64), inputs=np.stack(inputs), groups=groups)
+
+
+def _keras_probabilities(model: keras.Model, inputs: np.ndarray) -> np.ndarray:
+    return model.predict(inputs, batch_size=32, verbose=0).reshape(-1).astype(np.float64)
+
+
+def _tflite_probabilities(classifier: FractureClassifier, inputs: np.ndarray) -> np.ndarray:
+    return np.array([classifier.predict_input(x).probability for x in inputs], dtype=np.float64)
+
+
+def retune_threshold(
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    reference_decisions: np.ndarray,
+    target_sensitivity: float,
+) -> float:
+    """Choose the converted model's threshold among its own output levels.
+
+    Candidates are the distinct probabilities the model produced (for an int8
+    output these are its quantization levels). Among those that keep the
+    target sensitivity, the one that agrees most often with the reference
+    model's decisions wins; ties go to the higher threshold, for specificity.
+    """
+    levels = np.unique(probabilities)
+    positives = labels == 1
+    best: tuple[float, float] | None = None
+    for level in levels:
+        decisions = probabilities >= level
+        sensitivity = decisions[positives].mean() if positives.any() else 1.0
+        if sensitivity + 1e-12 < target_sensitivity:
+            continue
+        agreement = float(np.mean(decisions == reference_decisions))
+        if best is None or agreement > best[1] or (agreement == best[1] and level > best[0]):
+            best = (float(level), agreement)
+    if best is None:
+        return metrics.threshold_for_sensitivity(probabilities, labels, target_sensitivity)
+    return best[0]
+
+
+def convert_keras_model(
+    model_path: str | Path,
+    output_dir: str | Path,
+    *,
+    split_path: str | Path | None,
+    calibration_dir: str | Path,
+    options: ConvertOptions = ConvertOptions(),
+    name: str | None = None,
+) -> ConversionReport:
+    """Convert the Keras model at ``model_path``; see the module docstring for the steps."""
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise UsageError(f"Keras model {model_path} not found; pass the .keras file written by `edgefrac train`")
+    output_dir = Path(output_dir)
+    name = name or model_path.stem
+    record = read_model_record(model_path) or {}
+    config = options.preprocessing or (
+        PreprocessConfig.from_dict(record["preprocessing"]) if "preprocessing" in record else None
+    )
+    if config is None:
+        raise UsageError(
+            f"no training record {model_path.with_suffix('.json')} beside the model, so its preprocessing is unknown; "
+            "pass --scaling (and --resize) to state it"
+        )
+    recorded_threshold = record.get("threshold", {})
+    reference_threshold = options.threshold if options.threshold is not None else recorded_threshold.get("value")
+    target_sensitivity = options.target_sensitivity or recorded_threshold.get("target_sensitivity") or 0.90
+    model = keras.models.load_model(model_path, compile=False)
+    source_sha256 = file_sha256(model_path)
+
+    split = read_split(split_path, calibration_dir) if split_path else None
+    if split is not None:
+        representative = calibration.from_split(split, config, options.calibration_size, options.seed)
+    else:
+        logger.warning("no split file given: calibrating on images from %s without a training split", calibration_dir)
+        representative = calibration.from_folder(calibration_dir, config, options.calibration_size, options.seed)
+
+    scored = {}
+    if split is not None:
+        for split_name in ("validation", "test"):
+            subset = _score_split(split, split_name, config)
+            if subset is not None:
+                scored[split_name] = (subset, _keras_probabilities(model, subset.inputs))
+    if reference_threshold is None:
+        if "validation" not in scored:
+            raise UsageError("no threshold recorded for this model and no validation split to choose one; pass --threshold")
+        subset, reference = scored["validation"]
+        reference_threshold = metrics.threshold_for_sensitivity(reference, subset.labels, target_sensitivity)
+
+    results = []
+    for variant in options.variants:
+        variant = Variant(variant)
+        output_kind = options.output_kind if variant is Variant.INT8 else OutputKind.PROBABILITY
+        tflite = convert(model, variant, representative_inputs=representative.inputs, output_kind=output_kind)
+        results.append(
+            _finish_variant(
+                variant, tflite, output_kind, name, output_dir, config, record, scored,
+                reference_threshold, target_sensitivity, representative, source_sha256, model_path, split_path,
+            )
+        )
+    report = ConversionReport(
+        source=model_path,
+        source_sha256=source_sha256,
+        reference_threshold=float(reference_threshold),
+        target_sensitivity=float(target_sensitivity),
+        calibration_images=len(representative),
+        calibration_ids_sha256=representative.ids_sha256,
+        results=tuple(results),
+    )
+    report_path = output_dir / f"{name}-convert-report.json"
+    report_path.write_text(json.dumps(report.to_dict(), indent=1) + "\n", encoding="utf-8")
+    logger.info("wrote %s", report_path)
+    return report
+
+
+def _finish_variant(
+    variant, tflite, output_kind, name, output_dir, config, record, scored,
+    reference_threshold, target_sensitivity, representative, source_sha256, model_path, split_path,
+) -> VariantResult:
+    provenance = {
+        "source_model": model_path.name,
+        "source_model_sha256": source_sha256,
+        "tensorflow_version": tf.__version__,
+        "quantization": variant.value,
+        "calibration_images": len(representative) if variant is Variant.INT8 else 0,
+        "calibration_ids_sha256": representative.ids_sha256 if variant is Variant.INT8 else None,
+        "split_file_sha256": file_sha256(Path(split_path)) if split_path else None,
+        "training": {k: record[k] for k in ("architecture", "recipe", "validation_auc") if k in record},
+    }
+    provisional = card_for_model(
+        tflite,
+        name=f"{name}-{variant.value}",
+        architecture=record.get("architecture", "unknown"),
+        preprocessing=config,
+        output_kind=output_kind,
+        threshold=DecisionThreshold(float(reference_threshold)),
+        provenance=provenance,
+    )
+    classifier = FractureClassifier(LoadedModel(path=Path(f"{name}-{variant.value}"), tflite=tflite, card=provisional, sha256=""))
+
+    threshold = float(reference_threshold)
+    reports: dict[str, drift.DriftReport] = {}
+    candidate_scores = {}
+    for split_name, (subset, reference) in scored.items():
+        candidate_scores[split_name] = _tflite_probabilities(classifier, subset.inputs)
+    if "validation" in scored:
+        subset, reference = scored["validation"]
+        threshold = retune_threshold(
+            candidate_scores["validation"], subset.labels, reference >= reference_threshold, target_sensitivity
+        )
+    for split_name, (subset, reference) in scored.items():
+        reports[split_name] = drift.compare(
+            subset.ids, subset.labels, reference, reference_threshold, candidate_scores[split_name], threshold, subset.groups
+        )
+
+    chosen = DecisionThreshold(value=float(threshold), target_sensitivity=float(target_sensitivity), chosen_on="not measured")
+    if "validation" in reports:
+        overall = reports["validation"].overall
+        chosen = DecisionThreshold(
+            value=float(threshold),
+            target_sensitivity=float(target_sensitivity),
+            sensitivity=overall.candidate_sensitivity,
+            specificity=overall.candidate_specificity,
+            chosen_on="validation split" + (f" (split file sha256 {provenance['split_file_sha256'][:12]})" if split_path else ""),
+            images=overall.images,
+        )
+    evaluation = {f"drift_{k}": v.overall.to_dict() for k, v in reports.items()}
+    card = dataclasses.replace(provisional, threshold=chosen, evaluation=evaluation)
+    path = output_dir / f"{name}-{variant.value}.efm"
+    digest = write_model_file(path, tflite, card)
+    for split_name, report in reports.items():
+        logger.info(
+            "%s %s: agreement %.4f, AUC %.4f -> %.4f, max |dp| %.4f, threshold %.4f",
+            variant.value, split_name, report.overall.agreement, report.overall.reference_auc,
+            report.overall.candidate_auc, report.overall.max_abs_delta_p, threshold,
+        )
+    return VariantResult(
+        variant=variant,
+        path=path,
+        bytes=path.stat().st_size,
+        sha256=digest,
+        threshold=float(threshold),
+        validation=reports.get("validation"),
+        test=reports.get("test"),
+    )

@@ -1,0 +1,131 @@
+"""``edgefrac convert``: quantize a trained Keras model into model files (needs TensorFlow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from edgefrac.card import OutputKind
+from edgefrac.cli import main
+from edgefrac.errors import DriftExceededError
+from edgefrac.preprocessing import PreprocessConfig, ResizeMethod, ValueScaling
+
+VARIANT_CHOICES = ("int8", "float32", "float16", "dynamic")
+
+
+def _format(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _print_table(report) -> None:
+    click.echo(
+        f"source {report.source} (sha256 {report.source_sha256[:12]}), reference threshold "
+        f"{report.reference_threshold:.4f}, target sensitivity {report.target_sensitivity:.2f}, "
+        f"{report.calibration_images} calibration images"
+    )
+    header = f"{'variant':<8} {'split':<10} {'agreement':>9} {'AUC ref':>8} {'AUC new':>8} {'dSens':>7} {'dSpec':>7} {'max|dp|':>8} {'threshold':>9}  file"
+    click.echo(header)
+    for result in report.results:
+        for split_name, drift_report in (("validation", result.validation), ("test", result.test)):
+            if drift_report is None:
+                continue
+            overall = drift_report.overall
+            click.echo(
+                f"{result.variant.value:<8} {split_name:<10} {overall.agreement:>9.4f} {_format(overall.reference_auc):>8} "
+                f"{_format(overall.candidate_auc):>8} {overall.delta_sensitivity:>+7.3f} {overall.delta_specificity:>+7.3f} "
+                f"{overall.max_abs_delta_p:>8.4f} {result.threshold:>9.4f}  {result.path}"
+            )
+        if result.validation is None:
+            click.echo(f"{result.variant.value:<8} {'(no split)':<10} {'':>9} {'':>8} {'':>8} {'':>7} {'':>7} {'':>8} {result.threshold:>9.4f}  {result.path}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--calibration", "calibration_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Dataset folder whose training images form the representative dataset (and whose validation "
+                   "and test images measure drift when --split-file is given).")
+@click.option("--split-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Split file from `edgefrac split`; without it the calibration images are drawn from the whole "
+                   "folder and no drift is measured.")
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
+              help="Folder for the NAME-VARIANT.efm files and NAME-convert-report.json.")
+@click.option("--name", help="Base name of the output files [default: the model file's stem].")
+@click.option("--variant", "variants", multiple=True, type=click.Choice(VARIANT_CHOICES),
+              help="Variant to write; repeat for several [default: int8, float32 and float16]. 'dynamic' "
+                   "(dynamic-range) is written only on request: it is slower than float32 for MobileNetV2 on x86 "
+                   "and older runtimes cannot load it.")
+@click.option("--calibration-size", default=300, show_default=True, type=click.IntRange(min=1),
+              help="Number of training images in the representative dataset (stratified by label and region).")
+@click.option("--output-kind", type=click.Choice([k.value for k in OutputKind]), default=OutputKind.LOGIT.value,
+              show_default=True, help="What the int8 model outputs: the logit (the runtime applies the sigmoid) or "
+                                      "the sigmoid probability, which int8 limits to 256 levels.")
+@click.option("--target-sensitivity", type=click.FloatRange(0.0, 1.0, min_open=True),
+              help="Sensitivity the re-tuned int8 threshold must keep on validation [default: the training record's].")
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0),
+              help="Decision threshold of the Keras model [default: the training record's].")
+@click.option("--scaling", type=click.Choice([s.value for s in ValueScaling]),
+              help="Input value scaling when the model has no training record beside it.")
+@click.option("--resize", type=click.Choice([r.value for r in ResizeMethod]), default="bilinear", show_default=True,
+              help="Resize filter when the model has no training record beside it.")
+@click.option("--max-drift", type=click.FloatRange(0.0, 1.0),
+              help="Exit with code 4 when more than this fraction of validation decisions flip between the Keras "
+                   "model and the int8 model (files are still written).")
+@click.option("--seed", default=0, show_default=True, help="Seed for drawing the representative dataset.")
+@click.option("--json", "as_json", is_flag=True, help="Print the conversion report as JSON instead of a table.")
+def convert(model, calibration_dir, split_file, output_dir, name, variants, calibration_size, output_kind,
+            target_sensitivity, threshold, scaling, resize, max_drift, seed, as_json):
+    """Quantize a Keras MODEL into float32, float16 and full-integer int8 model files.
+
+    The int8 model has int8 input and output, integer ops only and a batch of 1.
+    Its threshold is re-tuned on its own outputs to keep the target sensitivity,
+    and the drift against the Keras model on the validation and test splits is
+    printed and stored in each file's card.
+
+    Exit codes: 0 converted, 1 conversion failed, 2 invalid options,
+    4 --max-drift exceeded.
+    """
+    from converters.convert import ConvertOptions, convert_keras_model
+    from converters.tflite import Variant
+
+    preprocessing = None
+    if scaling:
+        from converters.training import read_model_record
+
+        record = read_model_record(model) or {}
+        base = record.get("preprocessing")
+        if base is None:
+            preprocessing = _preprocessing_from_model(model, ValueScaling(scaling), ResizeMethod(resize))
+        else:
+            preprocessing = PreprocessConfig.from_dict({**base, "scaling": scaling, "resize": resize})
+    options = ConvertOptions(
+        variants=tuple(Variant(v) for v in variants) or ConvertOptions().variants,
+        output_kind=OutputKind(output_kind),
+        calibration_size=calibration_size,
+        seed=seed,
+        target_sensitivity=target_sensitivity,
+        threshold=threshold,
+        preprocessing=preprocessing,
+    )
+    report = convert_keras_model(
+        model, output_dir, split_path=split_file, calibration_dir=calibration_dir, options=options, name=name
+    )
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=1))
+    else:
+        _print_table(report)
+    int8 = report.result(Variant.INT8)
+    if max_drift is not None and int8 is not None and int8.validation is not None and int8.validation.exceeds(max_drift):
+        raise DriftExceededError(
+            f"int8 decisions differ from the Keras model on {int8.validation.overall.disagreement:.2%} of validation "
+            f"images, over --max-drift {max_drift:.2%}; see {output_dir}"
+        )
+
+
+def _preprocessing_from_model(model: Path, scaling: ValueScaling, resize: ResizeMethod) -> PreprocessConfig:
+    from converters.tf import keras
+
+    shape = keras.models.load_model(model, compile=False).inputs[0].shape
+    return PreprocessConfig(height=int(shape[1]), width=int(shape[2]), channels=int(shape[3]),
+                            channel_order="RGB" if int(shape[3]) == 3 else "L", resize=resize, scaling=scaling)
