@@ -10,11 +10,12 @@ import csv
 import dataclasses
 import hashlib
 import logging
+import os
 import re
 from pathlib import Path
 
 from edgefrac.errors import UsageError
-from edgefrac.images import DICOM_SUFFIXES, IMAGE_SUFFIXES
+from edgefrac.images import DICOM_SUFFIXES, IMAGE_SUFFIXES, display_path
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +37,23 @@ class LabelledImage:
 
 
 def image_files(folder: Path) -> list[Path]:
-    """List image and DICOM files under ``folder``, recursively, sorted by path."""
+    """List image and DICOM files under ``folder``, recursively, sorted by path.
+
+    Every entry with an image or DICOM suffix that is not a directory is
+    listed, including broken or looping symbolic links and unreadable files, so
+    that the decoder reports each one instead of it vanishing from a run.
+    Symbolic links to directories are not followed, which keeps a link loop
+    from recursing forever. Subfolders that cannot be listed are logged and skipped.
+    """
     suffixes = IMAGE_SUFFIXES | DICOM_SUFFIXES
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
+
+    def log_unlistable(error: OSError) -> None:
+        logger.warning("skipping folder %s: %s", display_path(error.filename), error.strerror)
+
+    found = []
+    for directory, _, file_names in os.walk(folder, onerror=log_unlistable, followlinks=False):
+        found.extend(Path(directory, name) for name in file_names if Path(name).suffix.lower() in suffixes)
+    return sorted(found)
 
 
 def read_labelled_folder(root: str | Path, positive_class: str | None = None) -> list[LabelledImage]:

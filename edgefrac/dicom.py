@@ -8,18 +8,24 @@ too, because secondary captures and photographs of films arrive that way;
 pydicom converts YBR to RGB and no windowing applies to them.
 
 Privacy: only the image-pixel, modality-LUT and VOI-LUT elements listed in
-``_PIXEL_TAGS`` are parsed, so patient and study elements are never decoded
-and cannot reach a message or a log line. Messages name the file path, which
-is the user's own choice.
+``_PIXEL_TAGS`` are parsed, so patient and study elements are never decoded.
+A damaged file can still make pydicom misread element boundaries and quote
+stray bytes, which may hold patient data, in its warnings, log records and
+exception messages. So while a file is read, pydicom's warnings and its
+``pydicom`` logger are silenced, and errors carry only pydicom's exception
+type, never its message. Messages name the file path, which is the user's
+own choice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
 import warnings
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +75,8 @@ _COLOUR = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "Y
 _DEFLATED_TRANSFER_SYNTAX = "1.2.840.10008.1.2.1.99"
 
 # pydicom raises a wide range of exception types on damaged or hostile files.
-# Only these count as "bad input"; anything else is a bug and propagates.
+# Only these, plus pydicom's own BytesLengthException, count as bad input;
+# anything else is a bug and propagates.
 _PYDICOM_ERRORS = (
     OSError,
     EOFError,
@@ -104,16 +111,18 @@ def load_dicom_image(path: str | os.PathLike, *, max_pixels: int | None = None) 
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     pydicom = _import_pydicom(shown)
 
-    dataset = _read_dataset(pydicom, path, shown)
-    photometric = _check_layout(dataset, shown, limit)
-    pixels = _decode_pixels(pydicom, dataset, shown)
+    with _quiet_pydicom(shown):
+        dataset = _read_dataset(pydicom, path, shown)
+        photometric = _check_layout(pydicom, dataset, shown, limit)
+        pixels = _decode_pixels(pydicom, dataset, shown)
+        if photometric in _GRAYSCALE:
+            gray = _grayscale_to_8bit(pydicom, dataset, pixels, shown)
 
     if photometric in _COLOUR:
         if pixels.dtype != np.uint8:
             pixels = stretch_array_to_8bit(pixels)
         return Image.fromarray(np.ascontiguousarray(pixels), mode="RGB")
 
-    gray = _grayscale_to_8bit(pydicom, dataset, pixels, shown)
     if photometric == "MONOCHROME1":
         gray = 255 - gray
     return Image.fromarray(gray, mode="L").convert("RGB")
@@ -130,39 +139,64 @@ def _import_pydicom(shown: str):
     return pydicom
 
 
+class _DropRecords(logging.Filter):
+    """Logger filter that drops every record and counts them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.dropped += 1
+        return False
+
+
+@contextlib.contextmanager
+def _quiet_pydicom(shown: str) -> Iterator[None]:
+    """Silence pydicom's warnings and its ``pydicom`` logger, whose texts may quote element bytes."""
+    pydicom_logger = logging.getLogger("pydicom")
+    dropped = _DropRecords()
+    pydicom_logger.addFilter(dropped)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        pydicom_logger.removeFilter(dropped)
+        if dropped.dropped:
+            logger.debug("%s: dropped %d pydicom log records about non-conforming elements", shown, dropped.dropped)
+
+
+def _bad_input_errors(pydicom) -> tuple[type[BaseException], ...]:
+    return (*_PYDICOM_ERRORS, pydicom.errors.BytesLengthException)
+
+
 def _pydicom_reason(error: BaseException) -> str:
-    """Return a short one-line form of a pydicom exception (it only ever saw the pixel elements)."""
-    text = " ".join(str(error).split())
-    if len(text) > 160:
-        text = text[:157] + "..."
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    """Name a pydicom exception by type only: its message may quote bytes of misread elements."""
+    return type(error).__name__
 
 
 def _read_dataset(pydicom, path: Path, shown: str):
     try:
-        with warnings.catch_warnings():
-            # pydicom warns about non-conforming values; only pixel elements are
-            # parsed, and a warning about them does not change the outcome.
-            warnings.simplefilter("ignore")
-            meta = pydicom.filereader.read_file_meta_info(path)
-            transfer_syntax = meta.get("TransferSyntaxUID")
-            if transfer_syntax is None:
-                raise UnreadableImageError(f"{shown}: DICOM file meta has no Transfer Syntax UID")
-            if str(transfer_syntax) == _DEFLATED_TRANSFER_SYNTAX:
-                raise UnsupportedImageError(
-                    f"{shown}: the Deflated Explicit VR Little Endian transfer syntax is not supported "
-                    "(it cannot be inflated with a size limit); re-export the image uncompressed"
-                )
-            return pydicom.dcmread(path, specific_tags=_PIXEL_TAGS)
+        meta = pydicom.filereader.read_file_meta_info(path)
+        transfer_syntax = meta.get("TransferSyntaxUID")
+        if transfer_syntax is None:
+            raise UnreadableImageError(f"{shown}: DICOM file meta has no Transfer Syntax UID")
+        if str(transfer_syntax) == _DEFLATED_TRANSFER_SYNTAX:
+            raise UnsupportedImageError(
+                f"{shown}: the Deflated Explicit VR Little Endian transfer syntax is not supported "
+                "(it cannot be inflated with a size limit); re-export the image uncompressed"
+            )
+        return pydicom.dcmread(path, specific_tags=_PIXEL_TAGS)
     except pydicom.errors.InvalidDicomError:
         raise UnreadableImageError(
             f"{shown}: not a DICOM file (no 'DICM' marker after the 128-byte preamble)"
         ) from None
-    except _PYDICOM_ERRORS as error:
+    except _bad_input_errors(pydicom) as error:
         raise UnreadableImageError(f"{shown}: DICOM file is corrupt ({_pydicom_reason(error)})") from None
 
 
-def _check_layout(dataset, shown: str, max_pixels: int) -> str:
+def _check_layout(pydicom, dataset, shown: str, max_pixels: int) -> str:
     """Check what can be checked before decoding; return the photometric interpretation."""
     if "PixelData" not in dataset:
         if "FloatPixelData" in dataset or "DoubleFloatPixelData" in dataset:
@@ -177,7 +211,7 @@ def _check_layout(dataset, shown: str, max_pixels: int) -> str:
         columns = int(dataset.get("Columns") or 0)
         frames = int(dataset.get("NumberOfFrames") or 1)
         photometric = str(dataset.get("PhotometricInterpretation") or "").strip().upper()
-    except _PYDICOM_ERRORS as error:
+    except _bad_input_errors(pydicom) as error:
         raise UnreadableImageError(f"{shown}: DICOM image header is corrupt ({_pydicom_reason(error)})") from None
 
     if rows <= 0 or columns <= 0:
@@ -201,10 +235,10 @@ def _check_layout(dataset, shown: str, max_pixels: int) -> str:
 
 
 def _decode_pixels(pydicom, dataset, shown: str) -> np.ndarray:
-    transfer_syntax = dataset.file_meta.TransferSyntaxUID
+    transfer_syntax = pydicom.uid.UID(str(dataset.file_meta.TransferSyntaxUID))
     try:
         decoder = pydicom.pixels.get_decoder(transfer_syntax)
-    except NotImplementedError:
+    except _bad_input_errors(pydicom):
         raise UnsupportedImageError(
             f"{shown}: DICOM transfer syntax {str(transfer_syntax)[:64]!r} has no pixel decoder in pydicom; "
             "re-export the image uncompressed"
@@ -216,10 +250,8 @@ def _decode_pixels(pydicom, dataset, shown: str) -> np.ndarray:
             f"({missing}); run {INSTALL_HINT}"
         )
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return dataset.pixel_array
-    except _PYDICOM_ERRORS as error:
+        return dataset.pixel_array
+    except _bad_input_errors(pydicom) as error:
         raise UnreadableImageError(
             f"{shown}: DICOM pixel data cannot be decoded ({_pydicom_reason(error)})"
         ) from None
@@ -235,12 +267,11 @@ def _grayscale_to_8bit(pydicom, dataset, pixels: np.ndarray, shown: str) -> np.n
             f"{shown}: DICOM grayscale pixel data has shape {pixels.shape}; expected rows x columns"
         )
     try:
-        with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore"):
-            warnings.simplefilter("ignore")
+        with np.errstate(over="ignore", invalid="ignore"):
             values = processing.apply_modality_lut(pixels, dataset)
             output_range = _window_output_range(processing, dataset)
             values = processing.apply_voi_lut(values, dataset)
-    except _PYDICOM_ERRORS as error:
+    except _bad_input_errors(pydicom) as error:
         raise UnsupportedImageError(
             f"{shown}: DICOM modality or VOI LUT cannot be applied ({_pydicom_reason(error)})"
         ) from None

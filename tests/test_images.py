@@ -302,3 +302,48 @@ def test_format_outside_list_rejected(tmp_path):
     path.write_bytes(buffer.getvalue())
     with pytest.raises(UnreadableImageError, match="not a recognised image format"):
         decode_image(path)
+
+
+@pytest.mark.slow
+def test_fracatlas_matches_manifest(fracatlas_dir):
+    """Every real image decodes or raises TruncatedImageError, as manifest.csv's decodes_fully says."""
+    import csv
+
+    with open(fracatlas_dir / "manifest.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 3469
+
+    mismatched_truncation = []
+    wrong_orientation = []
+    lenient_failed = []
+    for row in rows:
+        path = fracatlas_dir / "images" / row["label"] / row["image_id"]
+        try:
+            image = decode_image(path, (224, 224))
+        except TruncatedImageError:
+            if row["decodes_fully"] != "0":
+                mismatched_truncation.append(row["image_id"])
+            if decode_image(path, (224, 224), allow_truncated=True).mode != "RGB":
+                lenient_failed.append(row["image_id"])
+            continue
+        if row["decodes_fully"] != "1":
+            mismatched_truncation.append(row["image_id"])
+        stored_ratio = int(row["width"]) / int(row["height"])
+        # Tags 5 to 8 swap width and height; draft mode keeps the aspect ratio within rounding.
+        expected_ratio = 1 / stored_ratio if row["exif_orientation"] in {"5", "6", "7", "8"} else stored_ratio
+        if abs(image.size[0] / image.size[1] - expected_ratio) > 0.02:
+            wrong_orientation.append(row["image_id"])
+
+    assert mismatched_truncation == []
+    assert wrong_orientation == []
+    assert lenient_failed == []
+
+
+@pytest.mark.slow
+def test_fracatlas_rotated_tags_present(fracatlas_dir):
+    """The real data set holds files tagged 6 and 8, so the orientation check above is not vacuous."""
+    import csv
+
+    with open(fracatlas_dir / "manifest.csv", newline="", encoding="utf-8") as handle:
+        tags = {row["exif_orientation"] for row in csv.DictReader(handle)}
+    assert {"6", "8"} <= tags
