@@ -110,3 +110,69 @@ def sample_images(tmp_path) -> Path:
     Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / "scan2.png")
     Image.fromarray(rng.integers(0, 256, (70, 50), dtype=np.uint8), mode="L").save(folder / "sub" / "scan3.tif")
     return folder
+
+
+LABELLED_STRATA = {
+    (1, "hand"): 9,
+    (1, "leg"): 7,
+    (1, "mixed"): 1,
+    (0, "hand"): 13,
+    (0, "leg"): 11,
+    (0, "hip"): 4,
+    (0, "shoulder"): 2,
+}
+"""Images per (label, body region) of ``write_labelled_folder``'s default dataset."""
+
+
+def write_labelled_folder(
+    root: Path, strata: dict = LABELLED_STRATA, *, copies: int = 3, truncated: int = 1, seed: int = 0
+) -> Path:
+    """Write a FracAtlas-like dataset: images/Fractured, images/Non_fractured and dataset.csv.
+
+    Fractured images carry a bright vertical bar on noise, so a tiny model can
+    learn them. Every third image has orthopaedic hardware in the CSV. The
+    first ``copies`` images get a byte-identical copy under a new name, and
+    the last ``truncated`` images are cut to half their bytes.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    paths = []
+    for (label, region), count in sorted(strata.items()):
+        folder = root / "images" / ("Fractured" if label else "Non_fractured")
+        folder.mkdir(parents=True, exist_ok=True)
+        for _ in range(count):
+            image_id = f"IMG{len(rows):07d}.jpg"
+            pixels = rng.integers(40, 110, (48, 48), dtype=np.uint8)
+            if label:
+                column = int(rng.integers(8, 40))
+                pixels[:, column : column + 6] = 230
+            Image.fromarray(pixels, mode="L").convert("RGB").save(folder / image_id, quality=92)
+            rows.append((image_id, label, region, len(rows) % 3 == 0))
+            paths.append(folder / image_id)
+    for index in range(copies):
+        source = paths[index]
+        image_id, label, region, hardware = rows[index]
+        copy_id = f"COPY{index:04d}.jpg"
+        (source.parent / copy_id).write_bytes(source.read_bytes())
+        rows.append((copy_id, label, region, hardware))
+    for path in paths[len(paths) - truncated :]:
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    regions = ("hand", "leg", "hip", "shoulder", "mixed")
+    lines = ["image_id,hand,leg,hip,shoulder,mixed,hardware,fractured"]
+    for image_id, label, region, hardware in rows:
+        flags = ",".join(str(int(region == name)) for name in regions)
+        lines.append(f"{image_id},{flags},{int(hardware)},{label}")
+    (root / "dataset.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="session")
+def labelled_split(tmp_path_factory) -> tuple[Path, Path]:
+    """A generated FracAtlas-like dataset and its split file (seed 1234), shared by the session."""
+    from converters.split import make_split, write_split
+
+    root = write_labelled_folder(tmp_path_factory.mktemp("labelled"))
+    split_file = root.parent / "split.json"
+    write_split(make_split(root, seed=1234), split_file)
+    return root, split_file

@@ -18,7 +18,10 @@ def pairwise_auc(scores, labels) -> float:
     negatives = [s for s, y in zip(scores, labels) if y == 0]
     wins = 0.0
     for p, n in itertools.product(positives, negatives):
-        wins += 1.0 if p > n else 0.5 if p == n else 0.0
+        if p > n:
+            wins += 1.0
+        elif p == n:
+            wins += 0.5
     return wins / (len(positives) * len(negatives))
 
 
@@ -110,7 +113,8 @@ def test_bootstrap_ci_same_seed_same_interval():
 
 def test_bootstrap_ci_one_class_is_nan():
     low, high = metrics.bootstrap_auc_ci([0.1, 0.2, 0.3], [0, 0, 0], resamples=20)
-    assert math.isnan(low) and math.isnan(high)
+    assert math.isnan(low)
+    assert math.isnan(high)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,229 @@
+"""``edgefrac split`` and ``edgefrac train``: the dev-machine commands before conversion.
+
+``converters`` is imported inside each command because most of it needs
+TensorFlow. ``edgefrac --help`` and the device commands therefore work without
+TensorFlow, and a missing TensorFlow becomes an error naming the pip command
+(exit 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+import click
+
+from edgefrac.cli import main
+from edgefrac.errors import UsageError
+
+ARCHITECTURES = ("cnn", "mobilenetv2")
+PROGRESS_LOGGERS = ("converters", "edgefrac")
+
+
+def parse_fractions(text: str) -> tuple[float, float, float]:
+    """Parse ``"0.7,0.15,0.15"`` into three train/validation/test fractions."""
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise UsageError(f"invalid --fractions {text!r}: expected three numbers such as 0.7,0.15,0.15") from None
+    if len(values) != 3:
+        raise UsageError(f"invalid --fractions {text!r}: expected three numbers (train, validation, test)")
+    return values
+
+
+@main.command()
+@click.argument("data", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
+    help="Split file (JSON) to write.",
+)
+@click.option("--seed", default=1234, show_default=True, help="Random seed of the split.")
+@click.option(
+    "--fractions", default="0.7,0.15,0.15", show_default=True,
+    help="Train, validation and test fractions, comma-separated, summing to 1.",
+)
+@click.option(
+    "--positive-class", default=None,
+    help="Name of the fractured class folder (default: the folder named like Fractured or positive).",
+)
+def split(data: Path, output: Path, seed: int, fractions: str, positive_class: str | None) -> None:
+    """Split the labelled folder DATA into train, validation and test sets.
+
+    DATA is FracAtlas's layout (images/Fractured, images/Non_fractured and
+    dataset.csv) or any folder with one subfolder per class. Byte-identical
+    files stay in one split, and each (label, body region) stratum is divided
+    by the fractions. Every later command reads the split file.
+    """
+    from converters.split import SPLITS, make_split, write_split
+
+    result = make_split(data, seed=seed, fractions=parse_fractions(fractions), positive_class=positive_class)
+    write_split(result, output)
+    click.echo(f"Wrote {output}: {len(result.entries)} images from {result.root}, seed {seed}")
+    click.echo(f"{'split':<12}{'images':>8}{'fractured':>11}{'truncated':>11}")
+    for name in SPLITS:
+        entries = result.subset(name)
+        fractured = sum(entry.label for entry in entries)
+        truncated = sum(not entry.decodes_fully for entry in entries)
+        click.echo(f"{name:<12}{len(entries):>8}{fractured:>11}{truncated:>11}")
+
+
+@contextlib.contextmanager
+def progress_logging(log_file: Path | None):
+    """Send INFO progress of the training libraries to stderr and, if given, to ``log_file``.
+
+    The levels and handlers in place before are restored afterwards.
+    """
+    loggers = [logging.getLogger(name) for name in PROGRESS_LOGGERS]
+    previous_levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
+    handler = None
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+        for logger, level in zip(loggers, previous_levels):
+            logger.setLevel(level)
+
+
+def resolve_weights(weights: str, architecture: str) -> str | None:
+    """Check ``--weights`` before any image is decoded and return the recipe's value (None for random)."""
+    if weights.lower() == "none":
+        return None
+    if architecture != "mobilenetv2":
+        raise UsageError(f"--weights {weights} applies to --arch mobilenetv2 only; the {architecture} starts random")
+    if weights.lower() == "imagenet":
+        return "imagenet"
+    path = Path(weights)
+    if not path.is_file():
+        raise UsageError(
+            f"weight file {path} not found; pass --weights PATH to a MobileNetV2 no-top .h5 file "
+            "for the chosen --alpha, 'imagenet' (Keras downloads it) or 'none'"
+        )
+    return str(path.resolve())
+
+
+@main.command()
+@click.option(
+    "--split", "split_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+    help="Split file written by `edgefrac split`.",
+)
+@click.option(
+    "--data", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Dataset folder (default: the folder recorded in the split file).",
+)
+@click.option("--arch", "architecture", type=click.Choice(ARCHITECTURES), default="cnn", show_default=True)
+@click.option(
+    "--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
+    help="Model path NAME.keras; the training record is written to NAME.json beside it.",
+)
+@click.option(
+    "--weights", default="none", show_default=True,
+    help="MobileNetV2 starting weights: a no-top .h5 file, 'imagenet' (downloaded by Keras) or 'none' (random).",
+)
+@click.option("--alpha", default=0.35, show_default=True, help="MobileNetV2 width multiplier.")
+@click.option(
+    "--resolution", type=int, default=None,
+    help="Input height and width in pixels (default: 128 for cnn, 224 for mobilenetv2).",
+)
+@click.option(
+    "--epochs", default=30, show_default=True,
+    help="Maximum epochs of the first phase (the whole CNN, or the MobileNetV2 head).",
+)
+@click.option("--finetune-epochs", default=0, show_default=True, help="Maximum MobileNetV2 fine-tuning epochs.")
+@click.option(
+    "--finetune-layers", default=0, show_default=True,
+    help="Number of top MobileNetV2 backbone layers unfrozen for fine-tuning.",
+)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--learning-rate", default=1e-3, show_default=True, help="Adam learning rate of the first phase.")
+@click.option("--finetune-learning-rate", default=1e-4, show_default=True, help="Adam learning rate of fine-tuning.")
+@click.option(
+    "--patience", default=6, show_default=True,
+    help="Epochs without a better validation AUC before early stopping.",
+)
+@click.option("--seed", default=1234, show_default=True, help="Seed of weights, shuffling and augmentation.")
+@click.option(
+    "--target-sensitivity", default=0.90, show_default=True,
+    help="Validation sensitivity the decision threshold must reach.",
+)
+@click.option(
+    "--max-train-images", type=int, default=None,
+    help="Train on the first N training images only (for quick trials).",
+)
+@click.option(
+    "--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Also write the per-epoch progress to this file.",
+)
+@click.option("--no-augment", is_flag=True, help="Train without flips, rotation, zoom and contrast changes.")
+def train(
+    split_file: Path,
+    data: Path | None,
+    architecture: str,
+    output: Path,
+    weights: str,
+    alpha: float,
+    resolution: int | None,
+    epochs: int,
+    finetune_epochs: int,
+    finetune_layers: int,
+    batch_size: int,
+    learning_rate: float,
+    finetune_learning_rate: float,
+    patience: int,
+    seed: int,
+    target_sensitivity: float,
+    max_train_images: int | None,
+    log_file: Path | None,
+    no_augment: bool,
+) -> None:
+    """Train a classifier on the training split and choose its threshold on the validation split.
+
+    Writes the model (.keras) and a training record (.json) with the recipe,
+    the threshold and the validation sensitivity and specificity it gave.
+    Per-epoch progress goes to stderr (and --log-file).
+    """
+    if output.suffix != ".keras":
+        raise UsageError(f"invalid --output {output}: the model path must end in .keras")
+    if not 0.0 < target_sensitivity <= 1.0:
+        raise UsageError(f"invalid --target-sensitivity {target_sensitivity}: expected a value in (0, 1]")
+    starting_weights = resolve_weights(weights, architecture)
+
+    from converters.training import TrainingRecipe, model_record_path
+    from converters.training import train as train_model
+
+    recipe = TrainingRecipe(
+        architecture=architecture,
+        resolution=resolution,
+        alpha=alpha,
+        weights=starting_weights,
+        epochs=epochs,
+        finetune_epochs=finetune_epochs,
+        finetune_layers=finetune_layers,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        finetune_learning_rate=finetune_learning_rate,
+        patience=patience,
+        seed=seed,
+        target_sensitivity=target_sensitivity,
+        augment=not no_augment,
+        max_train_images=max_train_images,
+    )
+    with progress_logging(log_file):
+        record = train_model(split_file, output, recipe, data_root=data)
+    threshold = record["threshold"]
+    click.echo(f"Wrote {output} and {model_record_path(output)}")
+    click.echo(
+        f"validation AUC {record['validation_auc']:.3f}; threshold {threshold['value']:.4f} gives sensitivity "
+        f"{threshold['sensitivity']:.3f} and specificity {threshold['specificity']:.3f} "
+        f"on {threshold['images']} validation images"
+    )

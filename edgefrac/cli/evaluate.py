@@ -1,0 +1,153 @@
+"""``edgefrac evaluate``: metrics of a Keras model or a model file on one split.
+
+A model file (``.efm`` or ``.tflite``) is scored by the device runtime alone,
+without TensorFlow. A ``.keras`` model needs the ``convert`` extra.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from edgefrac.cli import main
+from edgefrac.errors import UsageError
+from edgefrac.evaluation import DEFAULT_RESAMPLES, Case, evaluate as evaluate_scores
+from edgefrac.exitcodes import ExitCode
+
+SPLIT_NAMES = ("train", "validation", "test")
+KERAS_SUFFIX = ".keras"
+MODEL_FILE_SUFFIXES = (".efm", ".tflite")
+
+
+def read_cases(split_file: Path, data: Path | None, split_name: str) -> list[Case]:
+    """Return the images of ``split_name`` in the split file, with paths under ``data``."""
+    # converters.split reads JSON and imports no TensorFlow.
+    from converters.split import read_split
+
+    split = read_split(split_file, data)
+    return [
+        Case(
+            image_id=entry.image_id,
+            path=split.path_of(entry),
+            label=entry.label,
+            region=entry.region,
+            hardware=entry.hardware,
+            decodes_fully=entry.decodes_fully,
+        )
+        for entry in split.subset(split_name)
+    ]
+
+
+def _score_model_file(model: Path, cases: list[Case], threshold: float | None):
+    from edgefrac.classifier import FractureClassifier, Overrides
+    from edgefrac.evaluation import score_cases
+
+    classifier = FractureClassifier.from_path(model, overrides=Overrides(threshold=threshold))
+    source = "command line" if threshold is not None else "model card"
+    if threshold is None and classifier.model.card is None:
+        source = "default 0.5 of a model without a card"
+    info = {
+        "path": str(model),
+        "kind": "model file",
+        "name": classifier.card.name,
+        "architecture": classifier.card.architecture,
+        "sha256": classifier.model.sha256,
+        "runtime": classifier.runtime.info.describe(),
+    }
+    return score_cases(classifier, cases), classifier.threshold, source, info
+
+
+def _score_keras(model: Path, cases: list[Case], threshold: float | None):
+    from converters.evaluation import load_keras_model, score_keras_cases
+
+    loaded = load_keras_model(model)
+    info = {"path": str(model), "kind": "keras", "name": model.stem, "architecture": loaded.architecture}
+    if threshold is None:
+        return score_keras_cases(loaded, cases), loaded.threshold, "training record", info
+    return score_keras_cases(loaded, cases), threshold, "command line", info
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--split-file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+    help="Split file written by `edgefrac split`.",
+)
+@click.option(
+    "--data", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Dataset folder (default: the folder recorded in the split file).",
+)
+@click.option("--split", "split_name", type=click.Choice(SPLIT_NAMES), default="test", show_default=True)
+@click.option(
+    "--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Folder for metrics.json, metrics.md and roc.png (the plot needs the bench extra).",
+)
+@click.option(
+    "--threshold", type=click.FloatRange(0.0, 1.0), default=None,
+    help="Decision threshold on the fracture probability (default: the model card's or training record's).",
+)
+@click.option(
+    "--resamples", type=click.IntRange(min=1), default=DEFAULT_RESAMPLES, show_default=True,
+    help="Bootstrap resamples of the AUC confidence interval.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON instead of a table.")
+@click.pass_context
+def evaluate(
+    ctx: click.Context,
+    model: Path,
+    split_file: Path,
+    data: Path | None,
+    split_name: str,
+    output: Path | None,
+    threshold: float | None,
+    resamples: int,
+    as_json: bool,
+) -> None:
+    """Evaluate MODEL (.keras, .efm or .tflite) on one split of a split file.
+
+    Reports ROC-AUC with a bootstrap 95% CI and sensitivity, specificity,
+    PPV, NPV, F1 and accuracy at the model's threshold, overall, per body
+    region and with and without orthopaedic hardware. Images that fail to
+    decode are left out and listed. Exits 3 when an image that the split file
+    marks as decodable fails.
+    """
+    from edgefrac.evaluation_report import require_matplotlib, to_text_table, write_outputs
+
+    suffix = model.suffix.lower()
+    if suffix != KERAS_SUFFIX and suffix not in MODEL_FILE_SUFFIXES:
+        raise UsageError(f"cannot evaluate {model}: expected a .keras model, an .efm model file or a .tflite file")
+    if output is not None:
+        # Fail before the slow scoring rather than after it.
+        require_matplotlib()
+
+    cases = read_cases(split_file, data, split_name)
+    if not cases:
+        raise UsageError(f"split {split_name!r} of {split_file} contains no images")
+    if suffix == KERAS_SUFFIX:
+        scored, used_threshold, source, model_info = _score_keras(model, cases, threshold)
+    else:
+        scored, used_threshold, source, model_info = _score_model_file(model, cases, threshold)
+
+    report = evaluate_scores(
+        scored,
+        used_threshold,
+        threshold_source=source,
+        model=model_info,
+        split={"file": str(split_file), "name": split_name, "images": len(cases)},
+        resamples=resamples,
+    )
+    if output is not None:
+        write_outputs(report, output)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=1))
+    else:
+        click.echo(to_text_table(report), nl=False)
+    if report.unexpected_failures:
+        click.echo(
+            f"Error: {report.unexpected_failures} images that the split file marks as decodable failed to decode; "
+            "see the 'failed' list in the JSON output",
+            err=True,
+        )
+        ctx.exit(ExitCode.SOME_INPUTS_FAILED)

@@ -1,0 +1,207 @@
+"""Split properties on generated labelled folders and on the real FracAtlas data."""
+
+from __future__ import annotations
+
+import collections
+import json
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from conftest import LABELLED_STRATA, write_labelled_folder
+
+from converters.split import SPLITS, Split, make_split, read_split, write_split
+from edgefrac.cli import main
+from edgefrac.errors import UsageError
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    return write_labelled_folder(tmp_path_factory.mktemp("generated"))
+
+
+@pytest.fixture(scope="module")
+def generated_split(generated) -> Split:
+    return make_split(generated, seed=1234)
+
+
+@pytest.fixture(scope="module")
+def fracatlas_split(fracatlas_dir) -> Split:
+    return make_split(fracatlas_dir, seed=1234)
+
+
+def splits_by(split: Split, key) -> dict:
+    """Map each value of ``key(entry)`` to the set of splits it occurs in."""
+    found = collections.defaultdict(set)
+    for entry in split.entries:
+        found[key(entry)].add(entry.split)
+    return found
+
+
+def stratum_deviations(split: Split) -> list[tuple]:
+    """Return (stratum, split, count, expected share, largest group) for every stratum and split."""
+    strata = collections.defaultdict(list)
+    for entry in split.entries:
+        strata[(entry.label, entry.region)].append(entry)
+    rows = []
+    for key, entries in sorted(strata.items()):
+        group_sizes = collections.Counter(entry.sha256 for entry in entries)
+        for index, name in enumerate(SPLITS):
+            count = sum(entry.split == name for entry in entries)
+            rows.append((key, name, count, split.fractions[index] * len(entries), max(group_sizes.values())))
+    return rows
+
+
+def test_split_every_image_once(generated, generated_split):
+    total = sum(LABELLED_STRATA.values()) + 3
+    assert len(generated_split.entries) == total
+    assert len({entry.image_id for entry in generated_split.entries}) == total
+
+
+def test_split_copies_share_hash(generated_split):
+    hashes = collections.Counter(entry.sha256 for entry in generated_split.entries)
+    assert sum(count - 1 for count in hashes.values()) == 3
+
+
+def test_split_hash_in_one_split(generated_split):
+    for content_hash, names in splits_by(generated_split, lambda e: e.sha256).items():
+        assert len(names) == 1, f"content {content_hash[:12]} is in {sorted(names)}"
+
+
+def test_split_stratified_within_one(generated_split):
+    for stratum, name, count, share, largest_group in stratum_deviations(generated_split):
+        assert abs(count - share) <= largest_group, f"{stratum} {name}: {count} images, share {share:.2f}"
+
+
+def test_split_stratified_unit_groups(tmp_path):
+    strata = {(1, "hand"): 17, (0, "hand"): 23, (0, "leg"): 6, (1, "hip"): 1, (0, "hip"): 2}
+    split = make_split(write_labelled_folder(tmp_path, strata, copies=0, truncated=0), seed=5)
+    for stratum, name, count, share, _ in stratum_deviations(split):
+        assert abs(count - share) <= 1, f"{stratum} {name}: {count} images, share {share:.2f}"
+
+
+def test_split_same_seed_identical(generated, generated_split):
+    again = make_split(generated, seed=1234)
+    assert again.entries == generated_split.entries
+
+
+def test_split_different_seed_differs(generated, generated_split):
+    other = make_split(generated, seed=99)
+    assert [e.split for e in other.entries] != [e.split for e in generated_split.entries]
+
+
+def test_split_marks_truncated(generated_split):
+    truncated = [entry.image_id for entry in generated_split.entries if not entry.decodes_fully]
+    assert truncated == [f"IMG{sum(LABELLED_STRATA.values()) - 1:07d}.jpg"]
+
+
+def test_split_reads_csv_metadata(generated_split):
+    entry = next(e for e in generated_split.entries if e.image_id == "IMG0000000.jpg")
+    assert (entry.label, entry.region, entry.hardware) == (0, "hand", True)
+
+
+def test_split_file_roundtrip(generated_split, tmp_path):
+    path = tmp_path / "split.json"
+    write_split(generated_split, path)
+    loaded = read_split(path)
+    assert loaded.entries == generated_split.entries
+    assert loaded.root == generated_split.root
+
+
+def test_split_file_root_override(generated_split, tmp_path):
+    path = tmp_path / "split.json"
+    write_split(generated_split, path)
+    assert read_split(path, tmp_path).root == tmp_path.resolve()
+
+
+def test_split_file_missing(tmp_path):
+    with pytest.raises(UsageError, match="not found"):
+        read_split(tmp_path / "absent.json")
+
+
+@pytest.mark.parametrize("fractions", [(0.5, 0.5), (0.8, 0.2, 0.2), (1.0, 0.0, 0.0)])
+def test_split_rejects_fractions(generated, fractions):
+    with pytest.raises(UsageError, match="invalid split fractions"):
+        make_split(generated, fractions=fractions)
+
+
+def test_split_rejects_conflicting_labels(tmp_path):
+    root = write_labelled_folder(tmp_path, {(1, "hand"): 2, (0, "hand"): 2}, copies=0, truncated=0)
+    source = root / "images" / "Fractured" / "IMG0000002.jpg"
+    (root / "images" / "Non_fractured" / "CLASH.jpg").write_bytes(source.read_bytes())
+    with pytest.raises(UsageError, match="different labels"):
+        make_split(root)
+
+
+def test_cli_split_writes_file(generated, generated_split, tmp_path):
+    output = tmp_path / "out" / "split.json"
+    result = CliRunner().invoke(main, ["split", str(generated), "--output", str(output), "--seed", "1234"])
+    assert result.exit_code == 0, result.output
+    assert read_split(output).entries == generated_split.entries
+    assert "validation" in result.output
+
+
+def test_cli_split_fractions(generated, tmp_path):
+    output = tmp_path / "split.json"
+    result = CliRunner().invoke(main, ["split", str(generated), "-o", str(output), "--fractions", "0.5,0.25,0.25"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(output.read_text())["fractions"] == [0.5, 0.25, 0.25]
+
+
+@pytest.mark.parametrize("fractions", ["0.7,0.3", "a,b,c", "0.9,0.1,0.1"])
+def test_cli_split_bad_fractions(generated, tmp_path, fractions):
+    result = CliRunner().invoke(main, ["split", str(generated), "-o", str(tmp_path / "s.json"), "--fractions", fractions])
+    assert result.exit_code == 2
+    assert "fractions" in result.output
+
+
+def test_cli_split_missing_folder(tmp_path):
+    result = CliRunner().invoke(main, ["split", str(tmp_path / "absent"), "-o", str(tmp_path / "s.json")])
+    assert result.exit_code == 2
+    assert "not found" in result.output
+
+
+def test_cli_split_positive_class(tmp_path):
+    root = tmp_path / "data"
+    for index, name in enumerate(("broken", "intact", "broken", "intact")):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 40), (index * 60, 0, 0)).save(root / name / f"scan{index}.jpg")
+    output = tmp_path / "split.json"
+    unnamed = CliRunner().invoke(main, ["split", str(root), "-o", str(output)])
+    assert unnamed.exit_code == 2
+    assert "--positive-class" in unnamed.output
+    named = CliRunner().invoke(main, ["split", str(root), "-o", str(output), "--positive-class", "broken"])
+    assert named.exit_code == 0, named.output
+    labels = {entry.relative_path.split("/")[0]: entry.label for entry in read_split(output).entries}
+    assert labels == {"broken": 1, "intact": 0}
+
+
+@pytest.mark.slow
+def test_fracatlas_no_id_in_two_splits(fracatlas_split):
+    for image_id, names in splits_by(fracatlas_split, lambda e: e.image_id).items():
+        assert len(names) == 1, f"{image_id} is in {sorted(names)}"
+
+
+@pytest.mark.slow
+def test_fracatlas_no_hash_in_two_splits(fracatlas_split):
+    for content_hash, names in splits_by(fracatlas_split, lambda e: e.sha256).items():
+        assert len(names) == 1, f"content {content_hash[:12]} is in {sorted(names)}"
+
+
+@pytest.mark.slow
+def test_fracatlas_has_duplicates(fracatlas_split):
+    hashes = collections.Counter(entry.sha256 for entry in fracatlas_split.entries)
+    assert max(hashes.values()) > 1
+
+
+@pytest.mark.slow
+def test_fracatlas_stratified(fracatlas_split):
+    for stratum, name, count, share, largest_group in stratum_deviations(fracatlas_split):
+        assert abs(count - share) <= largest_group, f"{stratum} {name}: {count} images, share {share:.2f}"
+
+
+@pytest.mark.slow
+def test_fracatlas_marks_truncated(fracatlas_split):
+    truncated = sum(not entry.decodes_fully for entry in fracatlas_split.entries)
+    assert truncated > 0
+    assert all(entry.sha256 for entry in fracatlas_split.entries)

@@ -1,0 +1,193 @@
+"""`edgefrac train` and `edgefrac evaluate` of a Keras model on a generated dataset.
+
+One tiny CNN (32x32 input, two epochs) is trained once for the module through
+the CLI; the tests then read what it wrote.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import WEIGHTS_DIR
+
+from edgefrac.cli import main
+
+pytestmark = pytest.mark.slow
+
+MOBILENET_035_WEIGHTS = WEIGHTS_DIR / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
+
+
+@pytest.fixture(scope="module")
+def trained(labelled_split, tmp_path_factory):
+    """Train the tiny CNN through the CLI; return (model path, log path, split file, CLI result)."""
+    _, split_file = labelled_split
+    folder = tmp_path_factory.mktemp("trained")
+    model = folder / "tiny.keras"
+    log = folder / "train.log"
+    arguments = [
+        "train", "--split", str(split_file), "--output", str(model), "--resolution", "32",
+        "--epochs", "2", "--batch-size", "8", "--log-file", str(log),
+    ]
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 0, result.output
+    return model, log, split_file, result
+
+
+def test_train_writes_model(trained):
+    model, *_ = trained
+    assert model.is_file()
+
+
+def test_train_writes_record(trained):
+    model, *_ = trained
+    record = json.loads(model.with_suffix(".json").read_text())
+    assert record["model_file"] == "tiny.keras"
+    assert record["recipe"]["resolution"] == 32
+    assert record["recipe"]["epochs"] == 2
+    assert record["preprocessing"]["height"] == 32
+
+
+def test_train_log_has_epochs(trained):
+    _, log, *_ = trained
+    text = log.read_text()
+    assert "train epoch 1:" in text
+    assert "train epoch 2:" in text
+
+
+def test_train_progress_on_stderr(trained):
+    *_, result = trained
+    assert "train epoch 1:" in result.stderr
+    assert "epoch" not in result.stdout
+
+
+def test_train_threshold_reaches_target(trained):
+    from converters.evaluation import load_keras_model
+    from converters.pixels import load_entries
+    from converters.split import read_split
+    from converters.training import predict_probabilities
+    from edgefrac import metrics
+
+    model, _, split_file, _ = trained
+    record = json.loads(model.with_suffix(".json").read_text())
+    loaded = load_keras_model(model)
+    split = read_split(split_file)
+    pixels, labels, _ = load_entries(split, split.subset("validation", decodable_only=True), loaded.preprocessing)
+    scores = predict_probabilities(loaded.model, pixels, loaded.preprocessing)
+    achieved = metrics.confusion(scores, labels, record["threshold"]["value"]).sensitivity
+    assert achieved >= record["threshold"]["target_sensitivity"]
+    assert record["threshold"]["sensitivity"] == pytest.approx(achieved)
+
+
+def test_evaluate_keras_outputs(trained, tmp_path):
+    model, _, split_file, _ = trained
+    output = tmp_path / "report"
+    result = CliRunner().invoke(
+        main, ["evaluate", str(model), "--split-file", str(split_file), "--output", str(output), "--resamples", "50"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((output / "metrics.json").read_text())
+    assert report["model"]["kind"] == "keras"
+    assert report["threshold"]["source"] == "training record"
+    assert report["overall"]["images"] == report["split"]["images"]
+    assert (output / "metrics.md").read_text().count("\n| ") >= 2
+    assert (output / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_keras_threshold_override(trained):
+    model, _, split_file, _ = trained
+    result = CliRunner().invoke(
+        main,
+        ["evaluate", str(model), "--split-file", str(split_file), "--threshold", "0.25", "--json", "--resamples", "20"],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["threshold"] == {"value": 0.25, "source": "command line"}
+
+
+def test_evaluate_keras_needs_record(trained, tmp_path):
+    model, _, split_file, _ = trained
+    lone = tmp_path / "lone.keras"
+    lone.write_bytes(model.read_bytes())
+    result = CliRunner().invoke(main, ["evaluate", str(lone), "--split-file", str(split_file)])
+    assert result.exit_code == 2
+    assert "no training record" in result.output
+
+
+def test_train_defaults_match_recipe():
+    import click
+
+    from converters.training import TrainingRecipe
+
+    recipe = TrainingRecipe()
+    command = main.commands["train"]
+    context = click.Context(command)
+    defaults = {parameter.name: parameter.get_default(context) for parameter in command.params}
+    assert defaults["architecture"] == recipe.architecture.value
+    assert defaults["weights"] == "none"
+    assert recipe.weights is None
+    assert defaults["no_augment"] is (not recipe.augment)
+    for field in dataclasses.fields(TrainingRecipe):
+        if field.name in defaults and field.name not in ("architecture", "weights"):
+            assert defaults[field.name] == getattr(recipe, field.name), field.name
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--arch", "mobilenetv2", "--weights", "/nonexistent/weights.h5"], "weight file /nonexistent/weights.h5 not found"),
+        (["--arch", "cnn", "--weights", "imagenet"], "applies to --arch mobilenetv2 only"),
+        (["--target-sensitivity", "1.5"], "invalid --target-sensitivity"),
+    ],
+)
+def test_train_usage_errors(labelled_split, tmp_path, extra, message):
+    _, split_file = labelled_split
+    arguments = ["train", "--split", str(split_file), "--output", str(tmp_path / "m.keras"), *extra]
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_train_output_suffix(labelled_split, tmp_path):
+    _, split_file = labelled_split
+    result = CliRunner().invoke(main, ["train", "--split", str(split_file), "--output", str(tmp_path / "m.h5")])
+    assert result.exit_code == 2
+    assert "must end in .keras" in result.output
+
+
+def test_train_weights_file_loads():
+    if not MOBILENET_035_WEIGHTS.is_file():
+        pytest.skip(f"MobileNetV2 0.35 weight file not found at {MOBILENET_035_WEIGHTS}")
+    import h5py
+
+    from converters.architectures import build_mobilenet_v2
+    from converters.tf import keras
+    from edgefrac.cli.dev import resolve_weights
+
+    weights = resolve_weights(str(MOBILENET_035_WEIGHTS), "mobilenetv2")
+    keras.utils.set_random_seed(3)
+    _, loaded = build_mobilenet_v2(96, alpha=0.35, weights=weights)
+    keras.utils.set_random_seed(3)
+    _, random = build_mobilenet_v2(96, alpha=0.35, weights=None)
+    with h5py.File(MOBILENET_035_WEIGHTS, "r") as handle:
+        stored = np.asarray(handle["Conv1/Conv1/kernel:0"])
+    kernel = loaded.get_layer("Conv1").get_weights()[0]
+    assert np.array_equal(kernel, stored)
+    assert not np.allclose(random.get_layer("Conv1").get_weights()[0], stored)
+
+
+def test_train_without_tensorflow(tmp_path):
+    # A None entry in sys.modules makes `import tensorflow` raise ImportError.
+    code = (
+        "import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None\n"
+        "from edgefrac.cli import main\n"
+        f"main(['train', '--split', {str(tmp_path / 's.json')!r}, '--output', {str(tmp_path / 'm.keras')!r}])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "pip install 'edgefrac[convert]'" in result.stderr
