@@ -105,15 +105,11 @@ def roc_auc(scores, labels) -> float:
     negatives = labels.size - positives
     if positives == 0 or negatives == 0:
         return math.nan
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(scores.size, dtype=np.float64)
-    # Average ranks over runs of tied scores.
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate(([0], boundaries))
-    ends = np.concatenate((boundaries, [scores.size]))
-    for start, end in zip(starts, ends):
-        ranks[order[start:end]] = (start + end + 1) / 2.0
+    # Each run of tied scores gets the average of the 1-based ranks it spans.
+    _, run_of_case, run_lengths = np.unique(scores, return_inverse=True, return_counts=True)
+    ends = np.cumsum(run_lengths)
+    starts = ends - run_lengths
+    ranks = ((starts + ends + 1) / 2.0)[run_of_case]
     rank_sum = ranks[labels == 1].sum()
     return float((rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives))
 
