@@ -204,7 +204,7 @@ class CsvResults:
                     f"--csv {self.path} contains rows scored by model sha256 {row[6][:12]}..., but this run uses "
                     f"{self.model_sha256[:12]}...; pass a new --csv path or use the model of the earlier run"
                 )
-            if row[1] == Status.OK.value and float(row[4]) != self.threshold:
+            if row[1] == Status.OK.value and _parse_float(row[4]) != self.threshold:
                 raise UsageError(
                     f"--csv {self.path} contains rows labelled at threshold {row[4]}, but this run uses "
                     f"{self.threshold}; pass a new --csv path or the same --threshold as the earlier run"
@@ -260,6 +260,13 @@ class CsvResults:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _parse_float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def _key(path: str) -> str:

@@ -7,13 +7,14 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from edgefrac import __version__
 from edgefrac.batch import ScoreRecord, Status
 from edgefrac.errors import OutputWriteError, UsageError
-from edgefrac.results import CSV_COLUMNS, AuditLog, CsvResults, read_complete_rows
+from edgefrac.results import CSV_COLUMNS, AppendOnlyFile, AuditLog, CsvResults, read_complete_rows
 
 MODEL_SHA = "a" * 64
 OTHER_SHA = "b" * 64
@@ -213,3 +214,12 @@ def test_file_size_limit_keeps_rows(tmp_path):
     assert length == len(data)
     assert [row[0] for row in rows] == [f"/x/{index:03d}.jpg" for index in range(len(rows))]
     assert len(rows) >= 1
+
+
+def test_disk_full_error(tmp_path):
+    if not Path("/dev/full").exists():
+        pytest.skip("/dev/full is not available on this system")
+    output = AppendOnlyFile("/dev/full")
+    with pytest.raises(OutputWriteError, match="no space left on device"):
+        output.append(b"row\n")
+    output.close()
