@@ -95,11 +95,11 @@ class AppendOnlyFile:
 
 def _write_error(path: Path, error: OSError, records_written: int) -> OutputWriteError:
     reason = _DISK_FULL.get(error.errno or 0, error.strerror or str(error))
-    kept = f"the {records_written} record(s) written before are kept" if records_written else "nothing was written"
+    outcome = f"the {records_written} record(s) written before are kept" if records_written else "nothing was written"
     advice = "free some space, then run the same command again to resume" if error.errno in _DISK_FULL else (
         "check the path and its permissions"
     )
-    return OutputWriteError(f"cannot write {path}: {reason}; {kept}; {advice}")
+    return OutputWriteError(f"cannot write {path}: {reason}; {outcome}; {advice}")
 
 
 def _truncate(path: Path, size: int) -> None:
@@ -183,8 +183,8 @@ class CsvResults:
         except UsageError as error:
             raise UsageError(f"--csv {self.path}: {error}") from None
         self._check_same_model(rows)
-        kept = [row for row in rows if row[1] == Status.OK.value]
-        self.retried = len(rows) - len(kept)
+        ok_rows = [row for row in rows if row[1] == Status.OK.value]
+        self.retried = len(rows) - len(ok_rows)
         if complete_length < len(data):
             logger.warning(
                 "%s ends with an incomplete row (%d bytes, left by an interrupted run); removing it",
@@ -192,10 +192,10 @@ class CsvResults:
             )
         if self.retried:
             logger.info("%s: scoring %d file(s) with an error row again", self.path, self.retried)
-            self._rewrite(kept)
+            self._rewrite(ok_rows)
         elif complete_length < len(data):
             _truncate(self.path, complete_length)
-        self.done = {_key(row[0]) for row in kept}
+        self.done = {_key(row[0]) for row in ok_rows}
 
     def _check_same_model(self, rows: list[list[str]]) -> None:
         for row in rows:
