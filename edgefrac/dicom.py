@@ -1,8 +1,8 @@
 """Decode single-frame DICOM radiographs into 8-bit RGB images (needs the ``dicom`` extra: pydicom).
 
-Grayscale pipeline, in the order the DICOM standard's display chain applies it:
+Grayscale images go through the DICOM display chain in its order. First comes
 the modality LUT or rescale slope/intercept, then the VOI LUT or window
-centre/width (the first one listed), then an 8-bit stretch, and MONOCHROME1
+centre/width (the first one listed), then an 8-bit stretch. MONOCHROME1
 (white means low values) is inverted last. RGB and YBR images are scored
 too, because secondary captures and photographs of films arrive that way;
 pydicom converts YBR to RGB and no windowing applies to them.
@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import struct
 import warnings
 import zlib
@@ -70,6 +71,8 @@ _PIXEL_TAGS = [
 _GRAYSCALE = frozenset({"MONOCHROME1", "MONOCHROME2"})
 _COLOUR = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420"})
 
+_UID_PATTERN = re.compile(r"[0-9.]{1,64}")
+
 # Deflated Explicit VR Little Endian is inflated whole by pydicom without a size
 # limit, so a small file could expand to gigabytes before any check runs.
 _DEFLATED_TRANSFER_SYNTAX = "1.2.840.10008.1.2.1.99"
@@ -107,16 +110,16 @@ def load_dicom_image(path: str | os.PathLike, *, max_pixels: int | None = None) 
     from edgefrac.images import DEFAULT_MAX_PIXELS, display_path, stretch_array_to_8bit
 
     path = Path(path)
-    shown = display_path(path)
+    printable_path = display_path(path)
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
-    pydicom = _import_pydicom(shown)
+    pydicom = _import_pydicom(printable_path)
 
-    with _quiet_pydicom(shown):
-        dataset = _read_dataset(pydicom, path, shown)
-        photometric = _check_layout(pydicom, dataset, shown, limit)
-        pixels = _decode_pixels(pydicom, dataset, shown)
+    with _quiet_pydicom(printable_path):
+        dataset = _read_dataset(pydicom, path, printable_path)
+        photometric = _check_layout(pydicom, dataset, printable_path, limit)
+        pixels = _decode_pixels(pydicom, dataset, printable_path)
         if photometric in _GRAYSCALE:
-            gray = _grayscale_to_8bit(pydicom, dataset, pixels, shown)
+            gray = _grayscale_to_8bit(pydicom, dataset, pixels, printable_path)
 
     if photometric in _COLOUR:
         if pixels.dtype != np.uint8:
@@ -128,13 +131,13 @@ def load_dicom_image(path: str | os.PathLike, *, max_pixels: int | None = None) 
     return Image.fromarray(gray, mode="L").convert("RGB")
 
 
-def _import_pydicom(shown: str):
+def _import_pydicom(printable_path: str):
     try:
         import pydicom
         import pydicom.pixels
     except ImportError:
         raise MissingDependencyError(
-            f"{shown}: reading DICOM files needs pydicom, which is not installed; run {INSTALL_HINT}"
+            f"{printable_path}: reading DICOM files needs pydicom, which is not installed; run {INSTALL_HINT}"
         ) from None
     return pydicom
 
@@ -152,7 +155,7 @@ class _DropRecords(logging.Filter):
 
 
 @contextlib.contextmanager
-def _quiet_pydicom(shown: str) -> Iterator[None]:
+def _quiet_pydicom(printable_path: str) -> Iterator[None]:
     """Silence pydicom's warnings and its ``pydicom`` logger, whose texts may quote element bytes."""
     pydicom_logger = logging.getLogger("pydicom")
     dropped = _DropRecords()
@@ -164,7 +167,9 @@ def _quiet_pydicom(shown: str) -> Iterator[None]:
     finally:
         pydicom_logger.removeFilter(dropped)
         if dropped.dropped:
-            logger.debug("%s: dropped %d pydicom log records about non-conforming elements", shown, dropped.dropped)
+            logger.debug(
+                "%s: dropped %d pydicom log records about non-conforming elements", printable_path, dropped.dropped
+            )
 
 
 def _bad_input_errors(pydicom) -> tuple[type[BaseException], ...]:
@@ -176,35 +181,36 @@ def _pydicom_reason(error: BaseException) -> str:
     return type(error).__name__
 
 
-def _read_dataset(pydicom, path: Path, shown: str):
+def _read_dataset(pydicom, path: Path, printable_path: str):
     try:
         meta = pydicom.filereader.read_file_meta_info(path)
         transfer_syntax = meta.get("TransferSyntaxUID")
         if transfer_syntax is None:
-            raise UnreadableImageError(f"{shown}: DICOM file meta has no Transfer Syntax UID")
+            raise UnreadableImageError(f"{printable_path}: DICOM file meta has no Transfer Syntax UID")
         if str(transfer_syntax) == _DEFLATED_TRANSFER_SYNTAX:
             raise UnsupportedImageError(
-                f"{shown}: the Deflated Explicit VR Little Endian transfer syntax is not supported "
+                f"{printable_path}: the Deflated Explicit VR Little Endian transfer syntax is not supported "
                 "(it cannot be inflated with a size limit); re-export the image uncompressed"
             )
         return pydicom.dcmread(path, specific_tags=_PIXEL_TAGS)
     except pydicom.errors.InvalidDicomError:
         raise UnreadableImageError(
-            f"{shown}: not a DICOM file (no 'DICM' marker after the 128-byte preamble)"
+            f"{printable_path}: not a DICOM file (no 'DICM' marker after the 128-byte preamble)"
         ) from None
     except _bad_input_errors(pydicom) as error:
-        raise UnreadableImageError(f"{shown}: DICOM file is corrupt ({_pydicom_reason(error)})") from None
+        raise UnreadableImageError(f"{printable_path}: DICOM file is corrupt ({_pydicom_reason(error)})") from None
 
 
-def _check_layout(pydicom, dataset, shown: str, max_pixels: int) -> str:
+def _check_layout(pydicom, dataset, printable_path: str, max_pixels: int) -> str:
     """Check what can be checked before decoding; return the photometric interpretation."""
     if "PixelData" not in dataset:
         if "FloatPixelData" in dataset or "DoubleFloatPixelData" in dataset:
             raise UnsupportedImageError(
-                f"{shown}: DICOM float pixel data (a parametric map) is not a radiograph; export the image itself"
+                f"{printable_path}: DICOM float pixel data (a parametric map) is not a radiograph; "
+                "export the image itself"
             )
         raise UnreadableImageError(
-            f"{shown}: DICOM file contains no pixel data (a report, presentation state or DICOMDIR?)"
+            f"{printable_path}: DICOM file contains no pixel data (a report, presentation state or DICOMDIR?)"
         )
     try:
         rows = int(dataset.get("Rows") or 0)
@@ -212,59 +218,66 @@ def _check_layout(pydicom, dataset, shown: str, max_pixels: int) -> str:
         frames = int(dataset.get("NumberOfFrames") or 1)
         photometric = str(dataset.get("PhotometricInterpretation") or "").strip().upper()
     except _bad_input_errors(pydicom) as error:
-        raise UnreadableImageError(f"{shown}: DICOM image header is corrupt ({_pydicom_reason(error)})") from None
+        raise UnreadableImageError(
+            f"{printable_path}: DICOM image header is corrupt ({_pydicom_reason(error)})"
+        ) from None
 
     if rows <= 0 or columns <= 0:
-        raise UnreadableImageError(f"{shown}: DICOM image size {columns}x{rows} is invalid")
+        raise UnreadableImageError(f"{printable_path}: DICOM image size {columns}x{rows} is invalid")
     if frames > 1:
         raise UnsupportedImageError(
-            f"{shown}: DICOM file has {frames} frames; export the one view to score as a single-frame file"
+            f"{printable_path}: DICOM file has {frames} frames; "
+            "export the one view to score as a single-frame file"
         )
     if rows * columns > max_pixels:
         raise ImageTooLargeError(
-            f"{shown}: DICOM image of {columns}x{rows} pixels exceeds the limit of {max_pixels:,} "
+            f"{printable_path}: DICOM image of {columns}x{rows} pixels exceeds the limit of {max_pixels:,} "
             "(decompression-bomb guard); downscale the image or raise --max-pixels"
         )
     if photometric not in _GRAYSCALE | _COLOUR:
         shown_value = photometric[:32] or "missing"
         raise UnsupportedImageError(
-            f"{shown}: DICOM photometric interpretation {shown_value!r} is not supported "
+            f"{printable_path}: DICOM photometric interpretation {shown_value!r} is not supported "
             "(expected MONOCHROME1, MONOCHROME2, RGB or YBR)"
         )
     return photometric
 
 
-def _decode_pixels(pydicom, dataset, shown: str) -> np.ndarray:
+def _decode_pixels(pydicom, dataset, printable_path: str) -> np.ndarray:
     transfer_syntax = pydicom.uid.UID(str(dataset.file_meta.TransferSyntaxUID))
     try:
         decoder = pydicom.pixels.get_decoder(transfer_syntax)
     except _bad_input_errors(pydicom):
+        # A damaged file meta can make the UID value swallow later bytes, so only
+        # a well-formed UID (digits and dots) is echoed.
+        uid_text = str(transfer_syntax)
+        shown_uid = repr(uid_text) if _UID_PATTERN.fullmatch(uid_text) else "(malformed UID)"
         raise UnsupportedImageError(
-            f"{shown}: DICOM transfer syntax {str(transfer_syntax)[:64]!r} has no pixel decoder in pydicom; "
+            f"{printable_path}: DICOM transfer syntax {shown_uid} has no pixel decoder in pydicom; "
             "re-export the image uncompressed"
         ) from None
     if not decoder.is_available:
         missing = "; ".join(decoder.missing_dependencies) or "no decoder plugin"
         raise UnsupportedImageError(
-            f"{shown}: no decoder is installed for the DICOM transfer syntax {transfer_syntax.name} "
+            f"{printable_path}: no decoder is installed for the DICOM transfer syntax {transfer_syntax.name} "
             f"({missing}); run {INSTALL_HINT}"
         )
     try:
         return dataset.pixel_array
     except _bad_input_errors(pydicom) as error:
         raise UnreadableImageError(
-            f"{shown}: DICOM pixel data cannot be decoded ({_pydicom_reason(error)})"
+            f"{printable_path}: DICOM pixel data cannot be decoded ({_pydicom_reason(error)})"
         ) from None
 
 
-def _grayscale_to_8bit(pydicom, dataset, pixels: np.ndarray, shown: str) -> np.ndarray:
+def _grayscale_to_8bit(pydicom, dataset, pixels: np.ndarray, printable_path: str) -> np.ndarray:
     """Apply the modality LUT and the VOI LUT or window, then map the result onto 0..255."""
     from edgefrac.images import stretch_array_to_8bit
 
     processing = pydicom.pixels
     if pixels.ndim != 2:
         raise UnsupportedImageError(
-            f"{shown}: DICOM grayscale pixel data has shape {pixels.shape}; expected rows x columns"
+            f"{printable_path}: DICOM grayscale pixel data has shape {pixels.shape}; expected rows x columns"
         )
     try:
         with np.errstate(over="ignore", invalid="ignore"):
@@ -273,12 +286,12 @@ def _grayscale_to_8bit(pydicom, dataset, pixels: np.ndarray, shown: str) -> np.n
             values = processing.apply_voi_lut(values, dataset)
     except _bad_input_errors(pydicom) as error:
         raise UnsupportedImageError(
-            f"{shown}: DICOM modality or VOI LUT cannot be applied ({_pydicom_reason(error)})"
+            f"{printable_path}: DICOM modality or VOI LUT cannot be applied ({_pydicom_reason(error)})"
         ) from None
 
     values = np.asarray(values, dtype=np.float64)
     if not np.isfinite(values).all():
-        raise UnsupportedImageError(f"{shown}: DICOM rescale gives non-finite pixel values")
+        raise UnsupportedImageError(f"{printable_path}: DICOM rescale gives non-finite pixel values")
     if output_range is None:
         # A VOI LUT, or no VOI at all: stretch over the values actually present.
         return stretch_array_to_8bit(values)

@@ -52,8 +52,19 @@ PILLOW_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "GIF", "WEBP")
 # process; the batch loop decodes one file at a time anyway.
 _decode_lock = threading.Lock()
 
-# Errors Pillow, zlib and struct raise on damaged data; any other exception is a bug and propagates.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zlib.error, struct.error, IndexError, KeyError)
+# Errors Pillow, zlib and struct raise on damaged data (Pillow 13's TIFF plugin
+# raises TypeError for missing dimensions). Any other exception is a bug and propagates.
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    TypeError,
+    EOFError,
+    zlib.error,
+    struct.error,
+    IndexError,
+    KeyError,
+)
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
@@ -64,8 +75,8 @@ def display_path(path: str | os.PathLike) -> str:
     """Return ``path`` as printable one-line text.
 
     Bytes that are not UTF-8 (kept by Python as surrogate escapes) and control
-    characters such as a newline in a file name become backslash escapes, so the
-    text can go to a UTF-8 terminal, a CSV cell or a log line unchanged.
+    characters such as a newline in a file name become backslash escapes. The
+    text can then go to a UTF-8 terminal, a CSV cell or a log line unchanged.
     """
     text = os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
     return "".join(char if char.isprintable() else f"\\x{ord(char):02x}" for char in text)
@@ -143,106 +154,114 @@ def decode_image(
         MissingDependencyError: a DICOM file was given and pydicom is not installed.
     """
     path = Path(path)
-    shown = display_path(path)
-    with _open_file(path, shown) as handle:
+    printable_path = display_path(path)
+    with _open_file(path, printable_path) as handle:
         head = handle.read(132)
         if not head:
-            raise UnreadableImageError(f"{shown}: file is empty (0 bytes)")
+            raise UnreadableImageError(f"{printable_path}: file is empty (0 bytes)")
         if path.suffix.lower() in DICOM_SUFFIXES or _has_dicom_marker(head):
             from edgefrac import dicom
 
             return dicom.load_dicom_image(path, max_pixels=max_pixels)
         handle.seek(0)
-        return _decode_raster(handle, shown, size, allow_truncated=allow_truncated, max_pixels=max_pixels)
+        return _decode_raster(handle, printable_path, size, allow_truncated=allow_truncated, max_pixels=max_pixels)
 
 
 def _has_dicom_marker(head: bytes) -> bool:
     return len(head) >= 132 and head[128:132] == b"DICM"
 
 
-def _open_file(path: Path, shown: str) -> BinaryIO:
+def _open_file(path: Path, printable_path: str) -> BinaryIO:
     """Open a regular file for reading, turning each operating-system failure into a one-line InputError."""
     try:
         status = os.stat(path)
         if stat.S_ISDIR(status.st_mode):
-            raise UnreadableImageError(f"{shown}: is a directory, not an image file")
+            raise UnreadableImageError(f"{printable_path}: is a directory, not an image file")
         if not stat.S_ISREG(status.st_mode):
             # Opening a FIFO or a device could block or read without end.
-            raise UnreadableImageError(f"{shown}: not a regular file (a pipe, socket or device)")
+            raise UnreadableImageError(f"{printable_path}: not a regular file (a pipe, socket or device)")
         return open(path, "rb")
     except FileNotFoundError:
-        raise UnreadableImageError(f"{shown}: file not found") from None
+        raise UnreadableImageError(f"{printable_path}: file not found") from None
     except PermissionError:
-        raise UnreadableImageError(f"{shown}: permission denied; make the file readable") from None
+        raise UnreadableImageError(f"{printable_path}: permission denied; make the file readable") from None
     except OSError as error:
         if error.errno == errno.ELOOP:
-            raise UnreadableImageError(f"{shown}: symbolic link loop; point the link at a real file") from None
-        raise UnreadableImageError(f"{shown}: cannot open the file ({os.strerror(error.errno or 0)})") from None
+            raise UnreadableImageError(
+                f"{printable_path}: symbolic link loop; point the link at a real file"
+            ) from None
+        reason = os.strerror(error.errno or 0)
+        raise UnreadableImageError(f"{printable_path}: cannot open the file ({reason})") from None
 
 
 def _decode_raster(
-    handle: BinaryIO, shown: str, size: tuple[int, int] | None, *, allow_truncated: bool, max_pixels: int
+    handle: BinaryIO, printable_path: str, size: tuple[int, int] | None, *, allow_truncated: bool, max_pixels: int
 ) -> Image.Image:
     try:
-        return _decode_with_switch(handle, shown, size, max_pixels, load_truncated=False)
+        return _decode_with_switch(handle, printable_path, size, max_pixels, load_truncated=False)
     except TruncatedImageError:
         if not allow_truncated:
             raise
     handle.seek(0)
-    image = _decode_with_switch(handle, shown, size, max_pixels, load_truncated=True)
-    logger.warning("%s: image data is truncated; scoring it with the missing part grey", shown)
+    image = _decode_with_switch(handle, printable_path, size, max_pixels, load_truncated=True)
+    logger.warning("%s: image data is truncated; scoring it with the missing part grey", printable_path)
     return image
 
 
 def _decode_with_switch(
-    handle: BinaryIO, shown: str, size: tuple[int, int] | None, max_pixels: int, *, load_truncated: bool
+    handle: BinaryIO, printable_path: str, size: tuple[int, int] | None, max_pixels: int, *, load_truncated: bool
 ) -> Image.Image:
     with _decode_lock:
         previous = ImageFile.LOAD_TRUNCATED_IMAGES
         ImageFile.LOAD_TRUNCATED_IMAGES = load_truncated
         try:
-            return _decode_pillow(handle, shown, size, max_pixels)
+            return _decode_pillow(handle, printable_path, size, max_pixels)
         finally:
             ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
-def _decode_pillow(handle: BinaryIO, shown: str, size: tuple[int, int] | None, max_pixels: int) -> Image.Image:
+def _decode_pillow(
+    handle: BinaryIO, printable_path: str, size: tuple[int, int] | None, max_pixels: int
+) -> Image.Image:
     try:
         with warnings.catch_warnings():
             # The header check below enforces max_pixels; Pillow's own, larger
             # limit still raises DecompressionBombError inside Image.open.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(handle, formats=PILLOW_FORMATS) as opened:
-                _check_header(shown, opened, max_pixels)
-                return _to_rgb(shown, opened, size)
+                _check_header(printable_path, opened, max_pixels)
+                return _to_rgb(printable_path, opened, size)
     except InputError:
         raise
     except Image.DecompressionBombError:
         raise ImageTooLargeError(
-            f"{shown}: the header declares more than twice Pillow's limit of "
+            f"{printable_path}: the header declares more than twice Pillow's limit of "
             f"{Image.MAX_IMAGE_PIXELS:,} pixels (decompression-bomb guard); export a smaller image"
         ) from None
     except UnidentifiedImageError:
         raise UnreadableImageError(
-            f"{shown}: not a recognised image format (expected JPEG, PNG, BMP, TIFF, GIF, WebP or DICOM)"
+            f"{printable_path}: not a recognised image format (expected JPEG, PNG, BMP, TIFF, GIF, WebP or DICOM)"
         ) from None
     except _DECODE_ERRORS as error:
         message = " ".join(str(error).split())
         if "truncated" in message or isinstance(error, EOFError):
             raise TruncatedImageError(
-                f"{shown}: image data is truncated ({message or type(error).__name__}); re-export the file, "
-                "or allow truncated images (--allow-truncated) to score it with the missing part grey"
+                f"{printable_path}: image data is truncated ({message or type(error).__name__}); "
+                "re-export the file, or allow truncated images (--allow-truncated) to score it "
+                "with the missing part grey"
             ) from None
-        raise UnreadableImageError(f"{shown}: image data is corrupt ({type(error).__name__}: {message})") from None
+        raise UnreadableImageError(
+            f"{printable_path}: image data is corrupt ({type(error).__name__}: {message})"
+        ) from None
 
 
-def _check_header(shown: str, image: Image.Image, max_pixels: int) -> None:
+def _check_header(printable_path: str, image: Image.Image, max_pixels: int) -> None:
     width, height = image.size
     if width <= 0 or height <= 0:
-        raise UnreadableImageError(f"{shown}: invalid image size {width}x{height}")
+        raise UnreadableImageError(f"{printable_path}: invalid image size {width}x{height}")
     if width * height > max_pixels:
         raise ImageTooLargeError(
-            f"{shown}: {width}x{height} pixels exceeds the limit of {max_pixels:,} "
+            f"{printable_path}: {width}x{height} pixels exceeds the limit of {max_pixels:,} "
             "(decompression-bomb guard); downscale the image or raise --max-pixels"
         )
     # An MPO file (a JPEG with extra views from a phone or a stereo camera) opens
@@ -250,7 +269,8 @@ def _check_header(shown: str, image: Image.Image, max_pixels: int) -> None:
     frames = 1 if image.format == "MPO" else getattr(image, "n_frames", 1)
     if frames > 1:
         raise UnsupportedImageError(
-            f"{shown}: {image.format} file has {frames} frames; save the one view to score as its own file"
+            f"{printable_path}: {image.format} file has {frames} frames; "
+            "save the one view to score as its own file"
         )
 
 
@@ -260,17 +280,17 @@ def _reduction_side(size: tuple[int, int] | None) -> int | None:
     return None if size is None else 2 * max(size)
 
 
-def _to_rgb(shown: str, image: Image.Image, size: tuple[int, int] | None) -> Image.Image:
+def _to_rgb(printable_path: str, image: Image.Image, size: tuple[int, int] | None) -> Image.Image:
     side = _reduction_side(size)
     if image.format in ("JPEG", "MPO") and side is not None:
         # libjpeg then decodes at 1/2, 1/4 or 1/8 scale and skips most of the work on large films.
         image.draft("L" if image.mode == "L" else "RGB", (side, side))
     image.load()
-    image = _apply_exif_orientation(shown, image)
+    image = _apply_exif_orientation(printable_path, image)
 
     mode = image.mode
     if mode in _SIXTEEN_BIT_MODES:
-        return _stretch_to_8bit(shown, image, side)
+        return _stretch_to_8bit(printable_path, image, side)
     if mode == "1":
         return image.convert("L").convert("RGB")
     if mode == "P":
@@ -285,30 +305,32 @@ def _to_rgb(shown: str, image: Image.Image, size: tuple[int, int] | None) -> Ima
         # NOTE: 16-bit-per-channel RGB PNGs arrive here already cut to 8 bits by
         # Pillow (high byte kept), so their range is not stretched like 16-bit grayscale.
         return image.convert("RGB")
-    raise UnsupportedImageError(f"{shown}: unsupported pixel mode {mode!r}; convert it to 8-bit RGB or grayscale")
+    raise UnsupportedImageError(
+        f"{printable_path}: unsupported pixel mode {mode!r}; convert it to 8-bit RGB or grayscale"
+    )
 
 
-def _apply_exif_orientation(shown: str, image: Image.Image) -> Image.Image:
+def _apply_exif_orientation(printable_path: str, image: Image.Image) -> Image.Image:
     """Rotate or flip by the EXIF Orientation tag; an unreadable EXIF block leaves the image as stored."""
     try:
         return ImageOps.exif_transpose(image)
-    except (*_DECODE_ERRORS, TypeError) as error:
+    except _DECODE_ERRORS as error:
         logger.warning(
             "%s: EXIF block is unreadable (%s); using the image as stored, without rotation",
-            shown,
+            printable_path,
             type(error).__name__,
         )
         return image
 
 
-def _stretch_to_8bit(shown: str, image: Image.Image, side: int | None) -> Image.Image:
+def _stretch_to_8bit(printable_path: str, image: Image.Image, side: int | None) -> Image.Image:
     """Map 16-bit or float grayscale onto 0..255 by its real min..max range, without clipping."""
     values = np.asarray(image)
     if side is not None:
         values = _block_mean(values, min(values.shape[1] // side, values.shape[0] // side))
     finite = np.isfinite(values)
     if not finite.any():
-        raise UnsupportedImageError(f"{shown}: image contains no finite pixel values")
+        raise UnsupportedImageError(f"{printable_path}: image contains no finite pixel values")
     values = np.where(finite, values, values[finite].min())
     return Image.fromarray(stretch_array_to_8bit(values), mode="L").convert("RGB")
 

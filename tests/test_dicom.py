@@ -317,7 +317,11 @@ def privacy_cases(tmp_path):
             write_dicom(tmp_path / "pal.dcm", ramp(), bits_stored=12, PhotometricInterpretation="PALETTE COLOR"),
             {},
         ),
-        ("bad window", write_dicom(tmp_path / "bw.dcm", ramp(), bits_stored=12, WindowCenter=5, WindowWidth=0), {}),
+        (
+            "bad window",
+            write_dicom(tmp_path / "bw.dcm", ramp(), bits_stored=12, WindowCenter=5, WindowWidth=0),
+            {},
+        ),
         ("rle", rle_dicom(tmp_path / "rle.dcm"), {}),
     ]
     empty = new_dataset(tmp_path / "empty.dcm")
@@ -363,3 +367,30 @@ def test_messages_name_the_file(tmp_path):
             dicom.load_dicom_image(path, **kwargs)
         except InputError as error:
             assert str(error).startswith(str(path)), name
+
+
+def test_unknown_transfer_syntax_rejected(tmp_path):
+    path = tmp_path / "odd.dcm"
+    dataset = new_dataset(path)
+    dataset.set_pixel_data(ramp(), "MONOCHROME2", 12)
+    dataset.save_as(path, enforce_file_format=True)
+    data = path.read_bytes()
+    # Swap the Explicit VR Little Endian UID in the file meta for another of the same length.
+    path.write_bytes(data.replace(b"1.2.840.10008.1.2.1\x00", b"1.2.840.99999.1.2.1\x00", 1))
+    with pytest.raises(UnsupportedImageError, match=r"'1\.2\.840\.99999\.1\.2\.1' has no pixel decoder"):
+        dicom.load_dicom_image(path)
+
+
+def test_misread_meta_quotes_nothing(tmp_path, caplog):
+    # Lengthen the Transfer Syntax UID element so its value swallows the rest of
+    # the file, patient fields included. pydicom then warns and logs that value.
+    caplog.set_level(logging.DEBUG)
+    path = write_dicom(tmp_path / "plain.dcm", ramp(), bits_stored=12)
+    data = path.read_bytes()
+    header = b"\x02\x00\x10\x00UI"
+    start = data.index(header) + len(header)
+    path.write_bytes(data[:start] + (len(data) - start - 2).to_bytes(2, "little") + data[start + 2 :])
+    with pytest.raises(InputError) as raised:
+        dicom.load_dicom_image(path)
+    assert "ZZPRIVATEMARKER" not in str(raised.value)
+    assert "ZZPRIVATEMARKER" not in caplog.text
