@@ -186,7 +186,7 @@ def test_mutated_files(fuzz_dir, log_texts, case):
 @given(case=mutated({"seed.dcm": DICOM_SEED or b"\0"}), preamble=st.booleans())
 def test_mutated_dicom(fuzz_dir, log_texts, case, preamble):
     # Mutations after the 132-byte preamble and marker keep the file recognised
-    # as DICOM, so the dataset parser, not the marker check, sees the damage.
+    # as DICOM, so the damaged bytes reach the dataset parser instead of failing the marker check.
     _, data = case
     if preamble:
         data = DICOM_SEED[:132] + data[132:]
