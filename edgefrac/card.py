@@ -111,6 +111,8 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelCard:
+        if not isinstance(data, dict):
+            raise ModelFileError(f"model card is a JSON {type(data).__name__}, expected an object")
         if data.get("format") != CARD_FORMAT:
             raise ModelFileError(
                 f"model card format {data.get('format')!r} is not supported (expected {CARD_FORMAT!r}); "
@@ -129,5 +131,5 @@ class ModelCard:
                 provenance=dict(data.get("provenance", {})),
                 evaluation=dict(data.get("evaluation", {})),
             )
-        except (KeyError, TypeError, ValueError) as error:
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
             raise ModelFileError(f"model card is incomplete or invalid ({type(error).__name__}: {error})") from None

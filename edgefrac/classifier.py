@@ -21,7 +21,7 @@ from edgefrac.errors import ModelFileError, UsageError
 from edgefrac.images import DEFAULT_MAX_PIXELS, load_input
 from edgefrac.modelfile import LoadedModel, load_model
 from edgefrac.preprocessing import PreprocessConfig, ResizeMethod, ValueScaling
-from edgefrac.runtime import Runtime, make_interpreter, resolve_runtime
+from edgefrac.runtime import Runtime, make_interpreter, probe_load, resolve_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,14 @@ def sigmoid(values) -> np.ndarray:
 
 
 class FractureClassifier:
-    """A loaded model ready to score images; not safe to share between threads."""
+    """A loaded model ready to score images; not safe to share between threads.
+
+    A model without a manifest hash (a plain ``.tflite``) is first loaded in a
+    child process by ``edgefrac.runtime.probe_load``, so a malformed file that
+    crashes the runtime raises ModelFileError here instead of killing the
+    process. ``probe=False`` skips that step, which saves about a second per
+    load with LiteRT, for callers that already trust the bytes.
+    """
 
     def __init__(
         self,
@@ -80,9 +87,12 @@ class FractureClassifier:
         allow_truncated: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         runtime: Runtime | None = None,
+        probe: bool = True,
     ):
         self.model = model
         self.runtime = runtime or resolve_runtime()
+        if probe and not model.verified:
+            probe_load(model.tflite, runtime=self.runtime, label=str(model.path))
         self.interpreter = make_interpreter(model.tflite, threads=threads, delegates=delegates, runtime=self.runtime)
         self.allow_truncated = allow_truncated
         self.max_pixels = max_pixels
@@ -136,12 +146,26 @@ class FractureClassifier:
         }
         if changes:
             preprocessing = PreprocessConfig(**{**dataclasses.asdict(preprocessing), **changes})
-            self._check_size(preprocessing)
+            self._check_size(preprocessing, from_overrides=True)
         threshold = card.threshold
         if overrides.threshold is not None:
             threshold = DecisionThreshold(overrides.threshold, chosen_on="set on the command line")
         output_kind = overrides.output_kind or card.output_kind
-        return dataclasses.replace(card, preprocessing=preprocessing, threshold=threshold, output_kind=output_kind)
+        effective = dataclasses.replace(card, preprocessing=preprocessing, threshold=threshold, output_kind=output_kind)
+        if self.model.card is None:
+            logger.warning(
+                "%s has no model card, so no preprocessing contract was found: using %dx%d input, %s resize, "
+                "%s scaling, %s output and threshold %g. Pass --resize, --scaling, --output-kind or --threshold "
+                "if the model was trained otherwise",
+                self.model.path,
+                preprocessing.width,
+                preprocessing.height,
+                preprocessing.resize.value,
+                preprocessing.scaling.value,
+                effective.output_kind.value,
+                threshold.value,
+            )
+        return effective
 
     def _card_from_tensors(self) -> ModelCard:
         shape = self.input_tensor.shape
@@ -149,11 +173,6 @@ class FractureClassifier:
             raise ModelFileError(
                 f"{self.model.path} has input shape {list(shape)}; expected [1, height, width, 1 or 3]"
             )
-        logger.warning(
-            "%s has no model card, so no preprocessing contract was found: using %dx%d input, bilinear resize, "
-            "[0, 1] scaling and threshold 0.5 unless --scaling, --resize or --threshold say otherwise",
-            self.model.path, shape[2], shape[1],
-        )
         preprocessing = PreprocessConfig(
             height=shape[1], width=shape[2], channels=shape[3], channel_order="RGB" if shape[3] == 3 else "L"
         )
@@ -182,12 +201,17 @@ class FractureClassifier:
                     f"{recorded.zero_point}) differs from the model's ({actual.scale}, {actual.zero_point}); "
                     "convert the model again"
                 )
-        self._check_size(card.preprocessing)
+        self._check_size(card.preprocessing, from_overrides=False)
 
-    def _check_size(self, preprocessing: PreprocessConfig) -> None:
+    def _check_size(self, preprocessing: PreprocessConfig, *, from_overrides: bool) -> None:
         shape = self.input_tensor.shape
         expected = (preprocessing.height, preprocessing.width, preprocessing.channels)
         if len(shape) != 4 or tuple(shape[1:]) != expected:
+            if not from_overrides:
+                raise ModelFileError(
+                    f"{self.model.path}: the card's preprocessing gives {preprocessing.height}x{preprocessing.width}"
+                    f"x{preprocessing.channels} but the model input is {list(shape)}; convert the model again"
+                )
             raise UsageError(
                 f"preprocessing gives {preprocessing.height}x{preprocessing.width}x{preprocessing.channels} "
                 f"but the model input is {list(shape)}; drop the --height/--width flags or fix them"

@@ -60,6 +60,11 @@ class LoadedModel:
     def has_card(self) -> bool:
         return self.card is not None
 
+    @property
+    def verified(self) -> bool:
+        """Whether a manifest hash vouches for the TFLite bytes (true for every ``.efm``)."""
+        return self.card is not None
+
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -68,6 +73,11 @@ def _sha256(data: bytes) -> str:
 def is_tflite(data: bytes) -> bool:
     """Return whether ``data`` starts like a TFLite flatbuffer (identifier ``TFL3`` at offset 4)."""
     return len(data) >= 8 and data[4:8] == _TFLITE_IDENTIFIER
+
+
+def _root_table_in_bounds(data: bytes) -> bool:
+    # A flatbuffer starts with the little-endian uint32 offset of its root table.
+    return int.from_bytes(data[:4], "little") + 4 <= len(data)
 
 
 def pack(tflite: bytes, card: ModelCard) -> bytes:
@@ -99,7 +109,12 @@ def pack(tflite: bytes, card: ModelCard) -> bytes:
 def write_model_file(path: str | os.PathLike, tflite: bytes, card: ModelCard) -> str:
     """Write a model file atomically and return its SHA-256."""
     data = pack(tflite, card)
-    path = Path(path)
+    _write_atomically(Path(path), data)
+    return _sha256(data)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -107,11 +122,12 @@ def write_model_file(path: str | os.PathLike, tflite: bytes, card: ModelCard) ->
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        # mkstemp creates the file with mode 0600; a model is meant to be copied and shared.
+        os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return _sha256(data)
 
 
 def read_model_bytes(path: str | os.PathLike) -> bytes:
@@ -147,6 +163,9 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
         tflite, card = _unpack(path, data)
         return LoadedModel(path=path, tflite=tflite, card=card, sha256=digest)
     if is_tflite(data):
+        if not _root_table_in_bounds(data):
+            raise ModelFileError(f"{path} is a truncated TFLite file (its root table lies past the end); copy it again")
+        logger.debug("%s is a plain TFLite file: no hash to verify, no card", path)
         return LoadedModel(path=path, tflite=data, card=None, sha256=digest)
     raise ModelFileError(f"{path} is not a model edgefrac can run: {_describe_foreign(path, data)}")
 
@@ -154,7 +173,8 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
 def _describe_foreign(path: Path, data: bytes) -> str:
     if data[:8] == b"\x89HDF\r\n\x1a\n":
         return "it is an HDF5 (.h5) Keras file; convert it first with `edgefrac convert`"
-    if path.suffix.lower() == ".onnx" or b"onnx" in data[:256].lower():
+    head = data[:256].lower()
+    if path.suffix.lower() == ".onnx" or b"onnx" in head or b"pytorch" in head:
         return "it looks like an ONNX model; edgefrac runs TFLite models (.efm or .tflite)"
     if path.suffix.lower() in (".keras", ".h5"):
         return "it is a Keras model; convert it first with `edgefrac convert`"
@@ -175,6 +195,13 @@ def _unpack(path: Path, data: bytes) -> tuple[bytes, ModelCard]:
                     f"{path} is a zip archive with members {names}, not an edgefrac model file "
                     f"(expected {expected})"
                 )
+            # Sizes come from the central directory, so a deflated member cannot expand without bound.
+            for info in archive.infolist():
+                if info.file_size > MAX_MODEL_BYTES:
+                    raise ModelFileError(
+                        f"{path}: member {info.filename} declares {info.file_size:,} bytes, over the "
+                        f"{MAX_MODEL_BYTES:,}-byte limit"
+                    )
             manifest = json.loads(archive.read(MANIFEST_NAME))
             card_bytes = archive.read(CARD_NAME)
             tflite = archive.read(TFLITE_NAME)
@@ -185,17 +212,23 @@ def _unpack(path: Path, data: bytes) -> tuple[bytes, ModelCard]:
             f"{path} is truncated or corrupted ({type(error).__name__}: {error}); copy the model file again"
         ) from None
 
-    if not isinstance(manifest, dict) or manifest.get("format") != MODEL_FILE_FORMAT:
-        raise ModelFileError(f"{path}: unsupported model file format {manifest.get('format')!r}; upgrade edgefrac")
-    members = manifest.get("members", {})
+    file_format = manifest.get("format") if isinstance(manifest, dict) else None
+    if file_format != MODEL_FILE_FORMAT:
+        raise ModelFileError(
+            f"{path}: unsupported model file format {file_format!r} (expected {MODEL_FILE_FORMAT!r}); "
+            "upgrade edgefrac or copy the model file again"
+        )
+    members = manifest.get("members")
     for name, content in ((CARD_NAME, card_bytes), (TFLITE_NAME, tflite)):
-        recorded = members.get(name, {})
+        recorded = members.get(name) if isinstance(members, dict) else None
+        if not isinstance(recorded, dict):
+            raise ModelFileError(f"{path}: the manifest has no entry for {name}; copy the model file again")
         if recorded.get("bytes") != len(content) or recorded.get("sha256") != _sha256(content):
             raise ModelFileError(
                 f"{path}: {name} does not match the SHA-256 in the manifest, so the file was corrupted or "
                 "edited after it was written; copy the original model file again"
             )
-    if not is_tflite(tflite):
+    if not is_tflite(tflite) or not _root_table_in_bounds(tflite):
         raise ModelFileError(f"{path}: {TFLITE_NAME} is not a TFLite flatbuffer")
     try:
         card = ModelCard.from_dict(json.loads(card_bytes))
@@ -205,10 +238,9 @@ def _unpack(path: Path, data: bytes) -> tuple[bytes, ModelCard]:
 
 
 def export_tflite(path: str | os.PathLike, output: str | os.PathLike) -> Path:
-    """Write the verified ``.tflite`` member of a model file to ``output``."""
+    """Write the verified ``.tflite`` member of a model file to ``output``, atomically."""
     model = load_model(path)
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_bytes(model.tflite)
+    _write_atomically(output, model.tflite)
     logger.info("wrote %s (%d bytes, sha256 %s)", output, len(model.tflite), _sha256(model.tflite))
     return output
