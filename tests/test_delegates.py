@@ -141,6 +141,26 @@ def test_cli_edgetpu_without_tpu(monkeypatch, tiny_int8_model, tmp_path):
     assert "--device cpu" in result.output
 
 
+def test_infer_edgetpu_without_tpu(monkeypatch, tiny_int8_model, sample_images):
+    monkeypatch.setenv(EDGETPU_LIBRARY_VARIABLE, MISSING_LIBRARY)
+    result = CliRunner().invoke(
+        main, ["infer", str(sample_images), "--model", str(tiny_int8_model), "--device", "edgetpu"]
+    )
+    assert result.exit_code == 1
+    assert MISSING_LIBRARY in result.output
+    assert "Usual causes" in result.output
+
+
+def test_infer_auto_falls_back(monkeypatch, tiny_int8_model, sample_images):
+    monkeypatch.setenv(EDGETPU_LIBRARY_VARIABLE, MISSING_LIBRARY)
+    result = CliRunner().invoke(
+        main, ["infer", str(sample_images), "--model", str(tiny_int8_model), "--device", "auto", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "running on the CPU" in result.stderr
+    assert "scan0.jpg" in result.stdout
+
+
 def test_cli_invalid_device(tiny_int8_model, tmp_path):
     result = CliRunner().invoke(
         main, ["capture", "--model", str(tiny_int8_model), "-o", str(tmp_path), "--device", "gpu"]

@@ -16,9 +16,8 @@ from edgefrac.camera import (
     parse_resolution,
 )
 from edgefrac.cli import main
+from edgefrac.cli.edgetpu import device_delegates, device_option
 from edgefrac.cli.infer import ClassifierSettings, build_classifier, classifier_options
-from edgefrac.delegates import delegates_for_device
-from edgefrac.runtime import resolve_runtime
 
 
 @main.command()
@@ -37,10 +36,7 @@ from edgefrac.runtime import resolve_runtime
     "--warmup", type=click.FloatRange(min=0.0), default=DEFAULT_WARMUP_SECONDS, show_default=True,
     help="Seconds to let auto exposure and white balance settle before the still.",
 )
-@click.option(
-    "--device", default="cpu", show_default=True,
-    help="Where the model runs: auto, cpu, edgetpu, edgetpu:N, usb, usb:N, pci or pci:N.",
-)
+@device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def capture(
     settings: ClassifierSettings,
@@ -59,8 +55,7 @@ def capture(
     python3-picamera2 on Raspberry Pi OS).
     """
     size = parse_resolution(resolution) if resolution else None
-    delegates = delegates_for_device(device, runtime=resolve_runtime(settings.runtime))
-    classifier = build_classifier(settings, delegates=delegates)
+    classifier = build_classifier(settings, delegates=device_delegates(device, settings.runtime))
     camera = open_camera(camera_index)
     try:
         result = capture_and_score(

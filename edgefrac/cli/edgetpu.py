@@ -8,9 +8,24 @@ from pathlib import Path
 import click
 
 from edgefrac.cli import main
+from edgefrac.delegates import delegates_for_device
 from edgefrac.edgetpu_check import check_model
 from edgefrac.exitcodes import ExitCode
 from edgefrac.modelfile import load_model
+from edgefrac.runtime import resolve_runtime
+
+device_option = click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    help="Where the model runs: cpu, auto (an Edge TPU if one loads, else the CPU), edgetpu, edgetpu:N, "
+    "usb, usb:N, pci or pci:N. An Edge TPU runs only models compiled with edgetpu_compiler.",
+)
+
+
+def device_delegates(device: str, runtime_name: str | None) -> tuple:
+    """Return the delegates for ``--device`` with the runtime that ``--runtime`` selects."""
+    return delegates_for_device(device, runtime=resolve_runtime(runtime_name))
 
 
 @main.command("edgetpu-check")

@@ -17,6 +17,7 @@ from edgefrac.batch import ScoreRecord, Status, Summary, display_path, score_fil
 from edgefrac.card import OutputKind
 from edgefrac.classifier import FractureClassifier, Overrides
 from edgefrac.cli import main
+from edgefrac.cli.edgetpu import device_delegates, device_option
 from edgefrac.defaults import default_model_path
 from edgefrac.exitcodes import ExitCode
 from edgefrac.images import DEFAULT_MAX_PIXELS
@@ -169,7 +170,10 @@ def build_classifier(settings: ClassifierSettings, *, delegates: tuple = ()) -> 
     type=click.Path(dir_okay=False, path_type=Path),
     help="Append one JSON line per file: time, input SHA-256, model SHA-256, result.",
 )
-def infer(targets, settings: ClassifierSettings, as_json: bool, csv_path: Path | None, audit_log: Path | None):
+@device_option
+def infer(
+    targets, settings: ClassifierSettings, as_json: bool, csv_path: Path | None, audit_log: Path | None, device: str
+):
     """Score radiographs for fractures.
 
     TARGETS are image or DICOM files, folders (searched recursively) or glob
@@ -181,7 +185,7 @@ def infer(targets, settings: ClassifierSettings, as_json: bool, csv_path: Path |
 
     _report_file_size_limit_as_error()
     files = expand_targets(targets)
-    classifier = build_classifier(settings)
+    classifier = build_classifier(settings, delegates=device_delegates(device, settings.runtime))
     model = classifier.model
     summary = Summary()
     records: list[ScoreRecord] = []
