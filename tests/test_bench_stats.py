@@ -7,6 +7,7 @@ import math
 import pytest
 
 from edgefrac.bench.environment import Environment, collect_environment, cpu_model
+from edgefrac.bench.latency import peak_rss_bytes
 from edgefrac.bench.stats import latency_stats
 from edgefrac.errors import UsageError
 from edgefrac.runtime import RuntimeInfo
@@ -118,3 +119,13 @@ def test_warnings_busy_machine():
 
 def test_warnings_quiet_machine():
     assert _environment("performance", (0.2, 0.1, 0.1)).warnings() == []
+
+
+def test_peak_rss_from_status(tmp_path):
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nVmPeak:\t  900 kB\nVmHWM:\t   2048 kB\nVmRSS:\t   1024 kB\n")
+    assert peak_rss_bytes(status) == 2048 * 1024
+
+
+def test_peak_rss_fallback(tmp_path):
+    assert peak_rss_bytes(tmp_path / "absent") > 0

@@ -193,8 +193,19 @@ def benchmark_end_to_end(
     return result, scored
 
 
-def peak_rss_bytes() -> int:
-    """Return this process's peak resident set size so far (``ru_maxrss``) in bytes."""
+def peak_rss_bytes(status: Path = Path("/proc/self/status")) -> int:
+    """Return this process's peak resident set size so far, in bytes.
+
+    Linux's ``VmHWM`` is read first because ``ru_maxrss`` carries over fork
+    and exec, so a process started by a large parent would report the
+    parent's peak. Elsewhere ``getrusage`` gives ``ru_maxrss``.
+    """
+    try:
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports kibibytes, macOS bytes.
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024
