@@ -52,7 +52,7 @@ class EdgeTpuUnavailableError(EdgefracError):
 
 
 class DeviceKind(str, enum.Enum):
-    """Where the model runs."""
+    """Processor that runs the model."""
 
     AUTO = "auto"
     CPU = "cpu"
@@ -61,7 +61,7 @@ class DeviceKind(str, enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class DeviceRequest:
-    """A parsed ``--device`` value; ``edgetpu_device`` is libedgetpu's ``device`` option, or None for any."""
+    """A parsed ``--device`` value. ``edgetpu_device`` is libedgetpu's ``device`` option, or None for any Edge TPU."""
 
     kind: DeviceKind
     edgetpu_device: str | None = None
@@ -77,7 +77,7 @@ def parse_device(text: str) -> DeviceRequest:
     """Parse ``auto``, ``cpu``, ``edgetpu[:N]``, ``usb[:N]`` or ``pci[:N]``.
 
     Raises:
-        UsageError: ``text`` is none of these.
+        UsageError: ``text`` is not one of these forms.
     """
     match = _DEVICE_PATTERN.match(text.strip().lower())
     if not match or (match["kind"] in ("auto", "cpu") and match["index"] is not None):
@@ -127,9 +127,9 @@ def load_edgetpu_delegate(device: str | None = None, *, runtime: Runtime | None 
         EdgeTpuUnavailableError: the library or the device cannot be opened.
     """
     library = library or edgetpu_library()
-    # Opening the library first tells "runtime not installed" apart from "no
-    # device", and avoids a LiteRT 2.3 load_delegate quirk: when the library is
-    # missing, its Delegate.__del__ prints a traceback to stderr.
+    # Opening the library first separates "runtime not installed" from "no
+    # device". It also avoids a LiteRT 2.3 quirk: when load_delegate cannot open
+    # the library, its Delegate.__del__ prints a traceback to stderr.
     try:
         ctypes.CDLL(library)
     except OSError as error:
@@ -149,7 +149,7 @@ def load_edgetpu_delegate(device: str | None = None, *, runtime: Runtime | None 
 
 
 def delegates_for_device(device: str | DeviceRequest, *, runtime: Runtime | None = None) -> tuple:
-    """Return the delegates tuple for ``FractureClassifier(delegates=...)`` that ``device`` asks for.
+    """Return the delegates tuple for ``FractureClassifier(delegates=...)`` that ``device`` requests.
 
     Raises:
         UsageError: ``device`` is not a valid device string.

@@ -1,10 +1,10 @@
 """Check a TFLite model against the Edge TPU's requirements before running ``edgetpu_compiler``.
 
 The compiler maps ops to the Edge TPU in graph order until the first op it
-cannot map; that op and every op after it run on the CPU. This check reports
+cannot map. That op and every op after it run on the CPU. This check reports
 the same things the compiler needs, without the compiler:
 
-* every activation tensor (graph inputs, op outputs) is int8 or uint8, and
+* every activation tensor (model inputs, op outputs) is int8 or uint8, and
   constant tensors are int8, uint8 or int32 (biases, axes, shapes);
 * every tensor has a static shape (no -1 in its shape signature);
 * every op is in the Edge TPU's supported list, and where the first one that
@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 # Builtin op names (as the interpreter reports them) of the operations in the
 # "Supported operations" table of https://coral.ai/docs/edgetpu/models-intro/.
-# NOTE: the table was read through excerpts of that page and of a copy of it; the
+# NOTE: the table was read through excerpts of that page and of a copy of it. The
 # entries after RESIZE_BILINEAR could not be checked against the page itself.
 SUPPORTED_OPS = frozenset(
     {

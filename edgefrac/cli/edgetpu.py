@@ -34,9 +34,9 @@ def device_delegates(device: str, runtime_name: str | None) -> tuple:
 def edgetpu_check(model: Path, as_json: bool) -> None:
     """Check MODEL (.efm or .tflite) for the Edge TPU: int8/uint8 tensors, static shapes, supported ops.
 
-    Exits 0 when edgetpu_compiler can map the whole graph, 1 when it cannot;
-    the report names the first unsupported op, where the compiler would split
-    the graph and leave the rest to the CPU.
+    Exits 0 when edgetpu_compiler can map the whole graph and 1 when it
+    cannot. The report names the first unsupported op. The compiler splits
+    the graph there and leaves that op and the rest to the CPU.
     """
     loaded = load_model(model)
     report = check_model(loaded.tflite)
