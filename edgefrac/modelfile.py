@@ -17,6 +17,10 @@ the model flatbuffer. edgefrac uses a zip archive because
 Members are stored uncompressed, in this order: ``manifest.json``,
 ``card.json``, ``model.tflite``. The manifest lists every member's size and
 SHA-256; any other member, a missing one or a mismatch rejects the file.
+
+NOTE: the hashes detect corruption, not tampering: whoever edits the card
+and rewrites the manifest's hashes produces a file that loads. There is no
+signature.
 """
 
 from __future__ import annotations
