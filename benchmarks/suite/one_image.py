@@ -1,0 +1,29 @@
+"""Score one image with one variant and print the probability: the cold-start command of the
+variants that have no ``edgefrac infer`` equivalent (Keras and ONNX Runtime)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--variant", required=True)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--preprocessing", required=True, help="PreprocessConfig as JSON")
+    parser.add_argument("image", type=Path)
+    arguments = parser.parse_args()
+
+    from edgefrac.preprocessing import PreprocessConfig
+    from suite.variants import make_variant
+
+    config = PreprocessConfig.from_dict(json.loads(arguments.preprocessing))
+    variant = make_variant(arguments.variant, arguments.model, config, len(os.sched_getaffinity(0)))
+    print(f"{arguments.image}\t{variant.score_file(arguments.image):.4f}")
+
+
+if __name__ == "__main__":
+    main()
