@@ -7,7 +7,9 @@ dynamic shapes. The int8 variant has int8 input and output and only
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import sys
 import logging
 from collections.abc import Iterator
 
@@ -82,7 +84,9 @@ def convert(
         converter.inference_output_type = tf.int8
 
     try:
-        result = converter.convert()
+        # Keras prints "Saved artifact at ..." while exporting; stdout carries results only.
+        with contextlib.redirect_stdout(sys.stderr):
+            result = converter.convert()
     except Exception as error:  # TensorFlow raises ConverterError, ValueError or RuntimeError.
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConversionError(f"TFLite conversion to {variant.value} failed: {first}") from error

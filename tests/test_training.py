@@ -31,7 +31,7 @@ def trained(labelled_split, tmp_path_factory):
     model = folder / "tiny.keras"
     log = folder / "train.log"
     arguments = [
-        "train", "--split", str(split_file), "--output", str(model), "--resolution", "32",
+        "train", "--split-file", str(split_file), "--output", str(model), "--resolution", "32",
         "--epochs", "2", "--batch-size", "8", "--log-file", str(log),
     ]
     result = CliRunner().invoke(main, arguments)
@@ -147,7 +147,7 @@ def test_train_defaults_match_recipe():
 )
 def test_train_usage_errors(labelled_split, tmp_path, extra, message):
     _, split_file = labelled_split
-    arguments = ["train", "--split", str(split_file), "--output", str(tmp_path / "m.keras"), *extra]
+    arguments = ["train", "--split-file", str(split_file), "--output", str(tmp_path / "m.keras"), *extra]
     result = CliRunner().invoke(main, arguments)
     assert result.exit_code == 2
     assert message in result.output
@@ -155,7 +155,7 @@ def test_train_usage_errors(labelled_split, tmp_path, extra, message):
 
 def test_train_output_suffix(labelled_split, tmp_path):
     _, split_file = labelled_split
-    result = CliRunner().invoke(main, ["train", "--split", str(split_file), "--output", str(tmp_path / "m.h5")])
+    result = CliRunner().invoke(main, ["train", "--split-file", str(split_file), "--output", str(tmp_path / "m.h5")])
     assert result.exit_code == 2
     assert "must end in .keras" in result.output
 

@@ -114,7 +114,7 @@ def resolve_weights(weights: str, architecture: str) -> str | None:
 
 @main.command()
 @click.option(
-    "--split", "split_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+    "--split-file", "split_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
     help="Split file written by `edgefrac split`.",
 )
 @click.option(

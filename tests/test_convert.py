@@ -1,0 +1,201 @@
+"""Conversion: representative dataset, int8 tensors, threshold re-tuning, drift gate, train -> convert -> infer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from edgefrac.exitcodes import ExitCode
+
+pytestmark = pytest.mark.slow
+
+EDGEFRAC = [str(Path(sys.executable).parent / "edgefrac")]
+
+
+def _make_dataset(root: Path, per_class: int = 24, size: int = 48) -> Path:
+    """Write a two-class folder where fractured images carry a bright diagonal line."""
+    rng = np.random.default_rng(3)
+    for class_name, fractured in (("Fractured", True), ("Non_fractured", False)):
+        folder = root / "images" / class_name
+        folder.mkdir(parents=True)
+        for index in range(per_class):
+            pixels = rng.integers(40, 120, (size, size), dtype=np.uint8)
+            image = Image.fromarray(pixels, mode="L")
+            if fractured:
+                draw = ImageDraw.Draw(image)
+                offset = int(rng.integers(0, size // 2))
+                draw.line((offset, 0, offset + size // 2, size - 1), fill=255, width=3)
+            image.save(folder / f"{class_name[0]}{index:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def labelled_dataset(tmp_path_factory) -> Path:
+    return _make_dataset(tmp_path_factory.mktemp("dataset"))
+
+
+@pytest.fixture(scope="module")
+def split_file(labelled_dataset, tmp_path_factory) -> Path:
+    from converters.split import make_split, write_split
+
+    path = tmp_path_factory.mktemp("split") / "split.json"
+    write_split(make_split(labelled_dataset, seed=5, fractions=(0.5, 0.25, 0.25)), path)
+    return path
+
+
+def _run(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*EDGEFRAC, *map(str, arguments)], capture_output=True, text=True, timeout=600)
+
+
+def test_representative_dataset_dtype_and_shape(labelled_dataset, split_file):
+    from converters import calibration
+    from converters.split import read_split
+    from edgefrac.preprocessing import PreprocessConfig, ValueScaling
+
+    config = PreprocessConfig(height=32, width=32, scaling=ValueScaling.SYMMETRIC)
+    dataset = calibration.from_split(read_split(split_file, labelled_dataset), config, size=10, seed=0)
+
+    assert dataset.inputs.dtype == np.float32
+    assert dataset.inputs.shape == (10, 32, 32, 3)
+    assert dataset.inputs.min() >= -1.0
+    assert dataset.inputs.max() <= 1.0
+    assert len(set(dataset.image_ids)) == 10
+
+
+def test_representative_dataset_uses_training_split_only(labelled_dataset, split_file):
+    from converters import calibration
+    from converters.split import read_split
+    from edgefrac.preprocessing import PreprocessConfig
+
+    split = read_split(split_file, labelled_dataset)
+    training_ids = {e.image_id for e in split.subset("train")}
+    dataset = calibration.from_split(split, PreprocessConfig(height=32, width=32), size=1000, seed=0)
+
+    assert set(dataset.image_ids) == training_ids
+
+
+def test_stratified_sample_keeps_class_proportions():
+    from converters.calibration import stratified_sample
+    from converters.split import SplitEntry
+
+    entries = [
+        SplitEntry(f"id{i}", f"x/{i}.png", int(i < 20), "hand", None, str(i), True, "train") for i in range(100)
+    ]
+    sample = stratified_sample(entries, 10, seed=1)
+
+    assert len(sample) == 10
+    assert sum(e.label for e in sample) == 2
+
+
+def test_int8_tensors_are_int8(tiny_int8_probability_model):
+    from edgefrac.classifier import FractureClassifier
+
+    classifier = FractureClassifier.from_path(tiny_int8_probability_model)
+
+    assert classifier.input_tensor.dtype == "int8"
+    assert classifier.output_tensor.dtype == "int8"
+    assert classifier.input_tensor.shape == (1, 32, 32, 3)
+
+
+def test_sigmoid_output_scale_and_zero_point(tiny_int8_probability_model):
+    from edgefrac.classifier import FractureClassifier
+
+    output = FractureClassifier.from_path(tiny_int8_probability_model).output_tensor
+
+    assert output.scale == pytest.approx(1.0 / 256.0)
+    assert output.zero_point == -128
+
+
+def test_int8_output_varies_across_inputs(tiny_int8_model):
+    from edgefrac.classifier import FractureClassifier
+
+    classifier = FractureClassifier.from_path(tiny_int8_model)
+    rng = np.random.default_rng(11)
+    raw = {classifier.invoke(rng.random((32, 32, 3), dtype=np.float32)) for _ in range(12)}
+
+    assert len(raw) > 1
+
+
+def test_int8_model_has_only_integer_ops(tiny_int8_model):
+    from edgefrac.modelfile import load_model
+    from edgefrac.runtime import make_interpreter
+
+    interpreter = make_interpreter(load_model(tiny_int8_model).tflite, threads=1)
+    float_tensors = [
+        t["name"] for t in interpreter.get_tensor_details() if np.dtype(t["dtype"]) == np.float32
+    ]
+
+    assert float_tensors == []
+
+
+def test_retune_threshold_keeps_target_sensitivity():
+    from converters.convert import retune_threshold
+
+    levels = np.arange(256) / 256.0
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    probabilities = np.clip(levels[rng.integers(0, 256, 400)] * 0.5 + labels * 0.3, 0, 1)
+    reference = probabilities + rng.normal(0, 0.01, 400) >= 0.4
+
+    threshold = retune_threshold(probabilities, labels, reference, 0.9)
+
+    assert threshold in set(probabilities.tolist())
+    assert (probabilities[labels == 1] >= threshold).mean() >= 0.9
+
+
+def test_train_convert_infer_chain(labelled_dataset, split_file, tmp_path):
+    model = tmp_path / "cnn.keras"
+    trained = _run(
+        "train", "--split-file", split_file, "--data", labelled_dataset, "--arch", "cnn", "--resolution", "32",
+        "--epochs", "3", "--output", model,
+    )
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert model.with_suffix(".json").is_file()
+
+    converted = _run(
+        "convert", model, "--calibration", labelled_dataset, "--split-file", split_file, "--output-dir", tmp_path,
+        "--calibration-size", "12", "--variant", "int8", "--variant", "float32", "--json",
+    )
+    assert converted.returncode == 0, converted.stderr[-2000:]
+    report = json.loads(converted.stdout)
+    int8 = next(r for r in report["results"] if r["variant"] == "int8")
+    assert Path(int8["path"]).is_file()
+    assert 0.0 <= int8["validation"]["overall"]["agreement"] <= 1.0
+    assert report["calibration_images"] == 12
+
+    inferred = _run("infer", "--model", int8["path"], "--json", labelled_dataset / "images")
+    assert inferred.returncode == 0, inferred.stderr[-2000:]
+    rows = json.loads(inferred.stdout)["results"]
+    assert len(rows) == 48
+    assert all(0.0 <= row["probability"] <= 1.0 for row in rows)
+
+    with zipfile.ZipFile(int8["path"]) as archive:
+        card = json.loads(archive.read("card.json"))
+    assert card["provenance"]["calibration_images"] == 12
+    assert len(card["provenance"]["calibration_ids_sha256"]) == 64
+    assert card["threshold"]["chosen_on"].startswith("validation split")
+
+
+def test_drift_gate_exit_code(tiny_keras_model, labelled_dataset, split_file, tmp_path):
+    # The untrained tiny model's probabilities all lie within a fraction of one
+    # 1/256 step, so a 256-level sigmoid output must flip decisions near the threshold.
+    common = [
+        "convert", tiny_keras_model, "--calibration", labelled_dataset, "--split-file", split_file,
+        "--output-dir", tmp_path, "--calibration-size", "8", "--variant", "int8", "--output-kind", "probability",
+        "--scaling", "0_1", "--threshold", "0.5", "--target-sensitivity", "0.9", "--json",
+    ]
+    strict = _run(*common, "--max-drift", "0")
+    report = json.loads(strict.stdout)
+    disagreement = 1.0 - report["results"][0]["validation"]["overall"]["agreement"]
+    assert disagreement > 0.0, "the fixture no longer produces drift; the gate test needs a drifting model"
+    assert strict.returncode == ExitCode.DRIFT_EXCEEDED, strict.stderr[-2000:]
+
+    lenient = _run(*common, "--max-drift", "1")
+    assert lenient.returncode == ExitCode.OK, lenient.stderr[-2000:]
