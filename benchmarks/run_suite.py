@@ -31,7 +31,7 @@ from edgefrac.dataset import read_labelled_folder  # noqa: E402
 from edgefrac.runtime import resolve_runtime  # noqa: E402
 from suite import measure, results  # noqa: E402
 from suite import variants as names  # noqa: E402
-from suite.macs import count_macs, cpu_flags_summary, int8_peak  # noqa: E402
+from suite.macs import cpu_flags_summary, int8_peak, layer_macs  # noqa: E402
 
 logger = logging.getLogger("benchmarks")
 
@@ -113,12 +113,14 @@ def measure_model(name, architecture, keras_path: Path, int8_path: Path | None, 
     model_files = prepare_model(name, keras_path.resolve(), int8_path, calibration, work,
                                 default_config=preprocess_config(architecture))
     labels = {image.image_id: image.label for image in subset}
+    macs_by_layer = layer_macs(keras.models.load_model(keras_path, compile=False))
     entry = {
         "keras": str(keras_path),
         "preprocessing": model_files.preprocessing.to_dict(),
         "threshold": model_files.threshold,
         "int8_threshold": model_files.int8_threshold,
-        "macs": count_macs(keras.models.load_model(keras_path, compile=False)),
+        "macs": sum(macs_by_layer.values()),
+        "macs_by_layer": macs_by_layer,
         "variants": {},
     }
     end_to_end_threads = max(arguments.threads)

@@ -275,3 +275,9 @@ def test_measure_drift_skips_failed(brightness_models, labelled_folder):
     reference = TFLiteReference(brightness_models["float32"], candidate)
     drift = measure_drift(images, scores, candidate.threshold, reference)
     assert drift.reference.images == len(images)
+
+
+def test_help_documents_exit_codes():
+    result = CliRunner().invoke(main, ["bench", "--help"])
+    assert result.exit_code == 0
+    assert "4 the fraction of flipped decisions exceeded --max-drift" in " ".join(result.output.split())

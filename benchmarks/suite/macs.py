@@ -18,22 +18,27 @@ from pathlib import Path
 
 def count_macs(model) -> int:
     """Return the MACs of one batch-1 inference of a Keras model, nested models included."""
+    return sum(layer_macs(model).values())
+
+
+def layer_macs(model) -> dict[str, int]:
+    """Return the MACs of each convolution and dense layer, keyed by layer name, in model order."""
     from converters.tf import keras
 
-    total = 0
+    counts = {}
     for layer in _layers(model, keras):
         if isinstance(layer, keras.layers.DepthwiseConv2D):
             _, out_h, out_w, _ = layer.output.shape
             k_h, k_w = layer.kernel_size
-            total += out_h * out_w * k_h * k_w * layer.input.shape[-1] * layer.depth_multiplier
+            counts[layer.name] = out_h * out_w * k_h * k_w * layer.input.shape[-1] * layer.depth_multiplier
         elif isinstance(layer, keras.layers.Conv2D):
             _, out_h, out_w, out_c = layer.output.shape
             k_h, k_w = layer.kernel_size
-            total += out_h * out_w * k_h * k_w * (layer.input.shape[-1] // layer.groups) * out_c
+            counts[layer.name] = out_h * out_w * k_h * k_w * (layer.input.shape[-1] // layer.groups) * out_c
         elif isinstance(layer, keras.layers.Dense):
             positions = math.prod(layer.input.shape[1:-1]) if len(layer.input.shape) > 2 else 1
-            total += positions * layer.input.shape[-1] * layer.units
-    return int(total)
+            counts[layer.name] = positions * layer.input.shape[-1] * layer.units
+    return {name: int(count) for name, count in counts.items()}
 
 
 def _layers(model, keras):

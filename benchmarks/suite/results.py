@@ -114,6 +114,11 @@ def _profile_lines(report: dict) -> list[str]:
             cells = [f"{stages.get(stage, 0.0):.2f} s ({stages.get(stage, 0.0) / total:.0%})"
                      for stage in ("decode and resize", "preprocess", "invoke")]
             lines.append(f"| {name} | {variant} | " + " | ".join(cells) + f" | {total:.2f} s |")
+    lines += ["", "Layers with the most multiply-accumulates (where invoke time goes, roughly):", ""]
+    for name, model in report["models"].items():
+        layers = sorted(model.get("macs_by_layer", {}).items(), key=lambda item: item[1], reverse=True)[:5]
+        shares = ", ".join(f"{layer} {count / model['macs']:.0%}" for layer, count in layers)
+        lines.append(f"- {name}: {shares}")
     lines += ["", "Fixed start-up cost of a new process (median seconds, page cache warm):", ""]
     lines += [f"- {step}: {seconds:.2f} s" for step, seconds in report["startup_profile"].items()]
     return lines
