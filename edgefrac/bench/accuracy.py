@@ -78,6 +78,7 @@ class TFLiteReference:
         overrides = Overrides(threshold=threshold)
         if model.card is None:
             # The candidate's card is the preprocessing contract of the model both files came from.
+            # NOTE: a card-less reference is read as giving a probability; a logit output is not detected.
             config = candidate.preprocessing
             overrides = Overrides(
                 height=config.height,
