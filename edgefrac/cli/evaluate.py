@@ -23,8 +23,7 @@ MODEL_FILE_SUFFIXES = (".efm", ".tflite")
 
 def read_cases(split_file: Path, data: Path | None, split_name: str) -> list[Case]:
     """Return the images of ``split_name`` in the split file, with paths under ``data``."""
-    # converters.split reads JSON and imports no TensorFlow.
-    from converters.split import read_split
+    from edgefrac.splitfile import read_split
 
     split = read_split(split_file, data)
     return [
