@@ -12,6 +12,7 @@ import enum
 import logging
 import math
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -148,6 +149,9 @@ def _without_path_prefix(path: Path, reason: str) -> str:
 
 def _hash_or_none(path: Path) -> str | None:
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            # Opening a FIFO for reading blocks until a writer appears, which would hang the batch.
+            return None
         return file_sha256(path)
     except OSError as error:
         logger.debug("cannot hash %s: %s", display_path(path), error)

@@ -1,8 +1,8 @@
 """DICOM decoding: modality LUT, VOI window and LUT, MONOCHROME1, colour, refused layouts, privacy.
 
-Every DICOM file here is written by the test with pydicom and carries a
-PatientName/PatientID/StudyDescription marker, which must never appear in an
-error message or a log record.
+Every DICOM file here is written by the builders in ``corpus`` with pydicom
+and carries a PatientName/PatientID/StudyDescription marker, which must never
+appear in an error message or a log record.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import pytest
 pydicom = pytest.importorskip("pydicom")
 
 from pydicom import uid  # noqa: E402
-from pydicom.dataset import Dataset, FileDataset, FileMetaDataset  # noqa: E402
+from pydicom.dataset import Dataset  # noqa: E402
 
+from corpus import DICOM_CASES, SCORED, new_dataset, ramp, rle_dicom, write_dicom  # noqa: E402
 from edgefrac import dicom  # noqa: E402
 from edgefrac.errors import (  # noqa: E402
     ImageTooLargeError,
@@ -27,46 +28,6 @@ from edgefrac.errors import (  # noqa: E402
     UnsupportedImageError,
 )
 from edgefrac.images import decode_image, load_pixels  # noqa: E402
-
-MARKER = "ZZPRIVATEMARKER^Jane"
-
-
-def new_dataset(path, transfer_syntax=uid.ExplicitVRLittleEndian) -> FileDataset:
-    """Return a digital X-ray dataset with patient and study fields set to the marker."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = uid.DigitalXRayImageStorageForPresentation
-    meta.MediaStorageSOPInstanceUID = uid.generate_uid()
-    meta.TransferSyntaxUID = transfer_syntax
-    dataset = FileDataset(str(path), Dataset(), file_meta=meta, preamble=b"\0" * 128)
-    dataset.SOPClassUID = meta.MediaStorageSOPClassUID
-    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    dataset.Modality = "DX"
-    dataset.PatientName = MARKER
-    dataset.PatientID = "ZZPRIVATEMARKER-ID"
-    dataset.PatientBirthDate = "19700101"
-    dataset.StudyDate = "20240102"
-    dataset.StudyDescription = MARKER
-    dataset.InstitutionName = MARKER
-    return dataset
-
-
-def write_dicom(path, pixels, photometric="MONOCHROME2", bits_stored=None, **elements):
-    """Write ``pixels`` as a DICOM file with the given extra elements; return the path."""
-    dataset = new_dataset(path)
-    if bits_stored is None:
-        bits_stored = pixels.dtype.itemsize * 8
-    dataset.set_pixel_data(pixels, photometric, bits_stored)
-    for keyword, value in elements.items():
-        setattr(dataset, keyword, value)
-    dataset.save_as(path, enforce_file_format=True)
-    return path
-
-
-def ramp(rows=8, columns=16, top=4095) -> np.ndarray:
-    """A 12-bit horizontal ramp from 0 to ``top``, the same on every row."""
-    line = np.linspace(0, top, columns).round().astype(np.uint16)
-    return np.tile(line, (rows, 1))
-
 
 def gray_of(image) -> np.ndarray:
     return np.asarray(image)[..., 0].astype(int)
@@ -247,14 +208,6 @@ def test_truncated_pixel_data_rejected(tmp_path):
         dicom.load_dicom_image(path)
 
 
-def rle_dicom(path):
-    dataset = new_dataset(path)
-    dataset.set_pixel_data(ramp(), "MONOCHROME2", 12)
-    dataset.compress(uid.RLELossless)
-    dataset.save_as(path, enforce_file_format=True)
-    return path
-
-
 def test_compressed_with_decoder_scored(tmp_path):
     gray = gray_of(dicom.load_dicom_image(rle_dicom(tmp_path / "rle.dcm")))
     assert gray[0, -1] == 255
@@ -291,6 +244,26 @@ def test_dicom_through_decode_image(tmp_path):
     image = decode_image(path)
     assert image.mode == "RGB"
     assert image.size == (16, 8)
+
+
+@pytest.mark.parametrize("name, build, expected, fragment", DICOM_CASES, ids=[case[0] for case in DICOM_CASES])
+def test_corpus_case_outcome(tmp_path, name, build, expected, fragment):
+    path = build(tmp_path)
+    try:
+        outcome = load_pixels(path, (32, 32))
+    except InputError as error:
+        outcome = error
+    if expected is SCORED:
+        assert isinstance(outcome, np.ndarray), outcome
+        assert outcome.shape == (32, 32, 3)
+        return
+    assert type(outcome) is expected
+    message = str(outcome)
+    assert message.startswith(str(path) + ": ")
+    assert "\n" not in message
+    assert "ZZPRIVATEMARKER" not in message
+    if fragment is not None:
+        assert fragment in message
 
 
 def privacy_cases(tmp_path):
