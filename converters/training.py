@@ -51,6 +51,7 @@ class TrainingRecipe:
     target_sensitivity: float = 0.90
     augment: bool = True
     max_train_images: int | None = None
+    time_budget_minutes: float | None = None
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -86,6 +87,19 @@ class _EpochLog(keras.callbacks.Callback):
         logs = logs or {}
         shown = " ".join(f"{k}={v:.4f}" for k, v in sorted(logs.items()) if isinstance(v, (int, float)))
         logger.info("%s epoch %d: %s (%.0f s)", self.phase, epoch + 1, shown, time.monotonic() - self.started)
+
+
+class _TimeBudget(keras.callbacks.Callback):
+    """Stop training after the epoch that ends past the budget; early stopping still restores the best epoch."""
+
+    def __init__(self, deadline: float):
+        super().__init__()
+        self.deadline = deadline
+
+    def on_epoch_end(self, epoch, logs=None):
+        if time.monotonic() >= self.deadline:
+            logger.info("time budget used up after epoch %d; stopping", epoch + 1)
+            self.model.stop_training = True
 
 
 def _scale_in_graph(images, config: PreprocessConfig):
@@ -139,18 +153,24 @@ def _compile(model, learning_rate: float) -> None:
     )
 
 
-def _fit(model, train, validation, epochs, recipe, class_weight, phase, history):
+def _fit(model, train, validation, epochs, recipe, class_weight, phase, history, deadline=None):
     if epochs <= 0:
+        return
+    if deadline is not None and time.monotonic() >= deadline:
+        logger.info("time budget used up; skipping the %s phase", phase)
         return
     stopper = keras.callbacks.EarlyStopping(
         monitor="val_auc", mode="max", patience=recipe.patience, restore_best_weights=True
     )
+    callbacks = [stopper, _EpochLog(phase)]
+    if deadline is not None:
+        callbacks.append(_TimeBudget(deadline))
     result = model.fit(
         train,
         validation_data=validation,
         epochs=epochs,
         class_weight=class_weight,
-        callbacks=[stopper, _EpochLog(phase)],
+        callbacks=callbacks,
         verbose=0,
     )
     for values in zip(*result.history.values()):
@@ -187,16 +207,17 @@ def train(split_path: str | Path, output: str | Path, recipe: TrainingRecipe, da
     train_data, val_data = _datasets(train_pixels, train_labels, val_pixels, val_labels, config, recipe)
     class_weight = _class_weights(train_labels)
     history: list[dict] = []
+    deadline = started + 60.0 * recipe.time_budget_minutes if recipe.time_budget_minutes else None
 
     if architecture is Architecture.CUSTOM_CNN:
         model = architectures.build_custom_cnn(config.height)
         _compile(model, recipe.learning_rate)
-        _fit(model, train_data, val_data, recipe.epochs, recipe, class_weight, "train", history)
+        _fit(model, train_data, val_data, recipe.epochs, recipe, class_weight, "train", history, deadline)
     else:
         model, backbone = architectures.build_mobilenet_v2(config.height, alpha=recipe.alpha, weights=recipe.weights)
         backbone.trainable = False
         _compile(model, recipe.learning_rate)
-        _fit(model, train_data, val_data, recipe.epochs, recipe, class_weight, "head", history)
+        _fit(model, train_data, val_data, recipe.epochs, recipe, class_weight, "head", history, deadline)
         if recipe.finetune_epochs > 0 and recipe.finetune_layers > 0:
             backbone.trainable = True
             for layer in backbone.layers[: -recipe.finetune_layers]:
@@ -205,7 +226,7 @@ def train(split_path: str | Path, output: str | Path, recipe: TrainingRecipe, da
                 if isinstance(layer, keras.layers.BatchNormalization):
                     layer.trainable = False
             _compile(model, recipe.finetune_learning_rate)
-            _fit(model, train_data, val_data, recipe.finetune_epochs, recipe, class_weight, "finetune", history)
+            _fit(model, train_data, val_data, recipe.finetune_epochs, recipe, class_weight, "finetune", history, deadline)
 
     val_scores = predict_probabilities(model, val_pixels, config)
     threshold = metrics.threshold_for_sensitivity(val_scores, val_labels, recipe.target_sensitivity)

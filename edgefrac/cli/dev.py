@@ -161,6 +161,10 @@ def resolve_weights(weights: str, architecture: str) -> str | None:
     help="Train on the first N training images only (for quick trials).",
 )
 @click.option(
+    "--time-budget", "time_budget_minutes", type=click.FloatRange(min=0.0, min_open=True), default=None,
+    help="Stop after the first epoch that ends past this many minutes; the best epoch so far is kept.",
+)
+@click.option(
     "--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help="Also write the per-epoch progress to this file.",
 )
@@ -183,6 +187,7 @@ def train(
     seed: int,
     target_sensitivity: float,
     max_train_images: int | None,
+    time_budget_minutes: float | None,
     log_file: Path | None,
     no_augment: bool,
 ) -> None:
@@ -217,6 +222,7 @@ def train(
         target_sensitivity=target_sensitivity,
         augment=not no_augment,
         max_train_images=max_train_images,
+        time_budget_minutes=time_budget_minutes,
     )
     with progress_logging(log_file):
         record = train_model(split_file, output, recipe, data_root=data)
