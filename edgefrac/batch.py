@@ -90,7 +90,7 @@ def score_file(classifier: FractureClassifier, path: Path, *, hash_input: bool =
             input, which is a fault of the model or the runtime, not of the file.
     """
     threshold = classifier.threshold
-    input_sha256 = _hash_or_none(path) if hash_input else None
+    input_sha256 = regular_file_sha256(path) if hash_input else None
     try:
         model_input = load_input(
             path,
@@ -147,7 +147,8 @@ def _without_path_prefix(path: Path, reason: str) -> str:
     return reason[len(prefix):] if reason.startswith(prefix) else reason
 
 
-def _hash_or_none(path: Path) -> str | None:
+def regular_file_sha256(path: Path) -> str | None:
+    """Return the SHA-256 of ``path``, or None when it is not a regular file or cannot be read."""
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             # Opening a FIFO for reading blocks until a writer appears, which would hang the batch.

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from edgefrac import __version__
-from edgefrac.batch import ScoreRecord, Status, display_path
+from edgefrac.batch import ScoreRecord, Status, display_path, regular_file_sha256
 from edgefrac.errors import OutputWriteError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,10 @@ CSV_COLUMNS = (
     "error",
     "model_sha256",
     "edgefrac_version",
+    "input_sha256",
 )
+# Tables written before the input_sha256 column existed; opening one rewrites it with the current header.
+LEGACY_CSV_COLUMNS = CSV_COLUMNS[:-1]
 _ENCODING = "utf-8"
 _ERRORS = "surrogateescape"
 _DISK_FULL = {errno.ENOSPC: "no space left on device", errno.EFBIG: "file size limit reached"}
@@ -121,51 +124,66 @@ def read_complete_rows(data: bytes) -> tuple[list[list[str]], int]:
     A row counts as complete only when writing it again with this module's
     format gives exactly the bytes in the file. This check rejects a partial
     last line, a line cut inside a quoted field and zero bytes left by a crash.
+    Rows of a table with the legacy header (no ``input_sha256`` column) are
+    returned with an empty ``input_sha256``, so every row has ``CSV_COLUMNS``.
 
     Raises:
         UsageError: the data does not start with this module's header.
     """
     text = data.decode(_ENCODING, errors=_ERRORS)
-    header = _format_row(CSV_COLUMNS)
-    if not text.startswith(header):
-        raise UsageError(
-            "the file is not an edgefrac results CSV (its first line is not "
-            f"{header.strip()!r}); pass a new --csv path"
-        )
-    position = len(header)
+    columns = _header_columns(text)
+    position = len(_format_row(columns))
     rows: list[list[str]] = []
     reader = csv.reader(io.StringIO(text[position:], newline=""))
     try:
         for row in reader:
             formatted = _format_row(row)
-            if len(row) != len(CSV_COLUMNS) or not text.startswith(formatted, position):
+            if len(row) != len(columns) or not text.startswith(formatted, position):
                 break
-            rows.append(row)
+            rows.append(row + [""] * (len(CSV_COLUMNS) - len(columns)))
             position += len(formatted)
     except csv.Error:
         pass
     return rows, len(text[:position].encode(_ENCODING, errors=_ERRORS))
 
 
+def _header_columns(text: str) -> tuple[str, ...]:
+    for columns in (CSV_COLUMNS, LEGACY_CSV_COLUMNS):
+        if text.startswith(_format_row(columns)):
+            return columns
+    raise UsageError(
+        "the file is not an edgefrac results CSV (its first line is not "
+        f"{_format_row(CSV_COLUMNS).strip()!r}); pass a new --csv path"
+    )
+
+
 class CsvResults:
     """The ``--csv`` results table: one row per file, appended and synced as each file finishes.
 
-    Opening an existing table resumes it. Files with an ``ok`` row are skipped.
-    Files with an ``error`` row are scored again, because the cause (a file
-    copied while the run was going, a permission since fixed) may be gone.
-    Their old rows are dropped first: the kept rows are rewritten through a
-    synced temporary file and a rename. So the table never has two rows for one
-    file, and a crash during the rewrite leaves either the old or the new table.
+    Opening an existing table resumes it. A file is skipped only when it has an
+    ``ok`` row with the same path and the same content SHA-256, because scanners
+    reuse file names and a replaced file must not keep the old patient's result.
+    Rows from tables written before the ``input_sha256`` column existed match
+    by path alone, with a logged warning. Files with an ``error`` row are scored
+    again, because the cause (a file copied while the run was going, a
+    permission since fixed) may be gone. Rows that will be replaced are dropped
+    first: the kept rows are rewritten through a synced temporary file and a
+    rename. So the table never has two rows for one file, and a crash during
+    the rewrite leaves either the old or the new table.
     """
 
     def __init__(self, path: str | os.PathLike, *, model_sha256: str, threshold: float):
         self.path = Path(path)
         self.model_sha256 = model_sha256
         self.threshold = threshold
-        self.done: set[str] = set()
         self.retried = 0
+        self.changed = 0
+        self._ok_rows: dict[str, list[str]] = {}
         self._prepare()
-        self._file = AppendOnlyFile(self.path, header=_format_row(CSV_COLUMNS).encode(_ENCODING))
+        self._file = self._open_for_append()
+
+    def _open_for_append(self) -> AppendOnlyFile:
+        return AppendOnlyFile(self.path, header=_format_row(CSV_COLUMNS).encode(_ENCODING))
 
     def _prepare(self) -> None:
         if not self.path.exists():
@@ -185,6 +203,7 @@ class CsvResults:
         self._check_same_model(rows)
         ok_rows = [row for row in rows if row[1] == Status.OK.value]
         self.retried = len(rows) - len(ok_rows)
+        legacy = not data.startswith(_format_row(CSV_COLUMNS).encode(_ENCODING))
         if complete_length < len(data):
             logger.warning(
                 "%s ends with an incomplete row (%d bytes, left by an interrupted run); removing it",
@@ -192,10 +211,18 @@ class CsvResults:
             )
         if self.retried:
             logger.info("%s: scoring %d file(s) with an error row again", self.path, self.retried)
+        if self.retried or legacy:
             self._rewrite(ok_rows)
         elif complete_length < len(data):
             _truncate(self.path, complete_length)
-        self.done = {_key(row[0]) for row in ok_rows}
+        unhashed = sum(1 for row in ok_rows if not row[8])
+        if unhashed:
+            logger.warning(
+                "%s: %d row(s) have no input_sha256 (written by an older edgefrac), so those files are skipped "
+                "when the path matches even if the file was replaced; use a new --csv path to score them again",
+                self.path, unhashed,
+            )
+        self._ok_rows = {_key(row[0]): row for row in ok_rows}
 
     def _check_same_model(self, rows: list[list[str]]) -> None:
         for row in rows:
@@ -228,9 +255,43 @@ class CsvResults:
         finally:
             os.close(directory)
 
-    def is_done(self, path: str | os.PathLike) -> bool:
-        """Return whether ``path`` already has an ``ok`` row from an earlier run."""
-        return _key(os.fspath(path)) in self.done
+    def is_done(self, path: str | os.PathLike, input_sha256: str | None) -> bool:
+        """Return whether ``path`` has an ``ok`` row for the content with SHA-256 ``input_sha256``.
+
+        A row without a hash (legacy table) matches by path alone. A file whose
+        hash is unknown (``None``, for example because it cannot be read now)
+        never matches a hashed row.
+        """
+        row = self._ok_rows.get(_key(os.fspath(path)))
+        if row is None:
+            return False
+        return not row[8] or row[8] == input_sha256
+
+    def select_pending(self, paths: Iterable[Path]) -> list[Path]:
+        """Return the paths that need scoring, and drop the rows of files whose content changed.
+
+        Files with an ``ok`` row for the same path are hashed to compare their
+        content. The rows of changed files are removed (through the same atomic
+        rewrite as error rows) so their new rows replace them.
+        """
+        pending: list[Path] = []
+        changed_keys: set[str] = set()
+        for path in paths:
+            key = _key(os.fspath(path))
+            if key not in self._ok_rows:
+                pending.append(path)
+            elif not self.is_done(path, regular_file_sha256(path)):
+                logger.warning("%s changed since it was scored; scoring it again", display_path(path))
+                changed_keys.add(key)
+                pending.append(path)
+        if changed_keys:
+            self.changed = len(changed_keys)
+            kept = [row for key, row in self._ok_rows.items() if key not in changed_keys]
+            self._file.close()
+            self._rewrite(kept)
+            self._file = self._open_for_append()
+            self._ok_rows = {_key(row[0]): row for row in kept}
+        return pending
 
     def write(self, record: ScoreRecord) -> None:
         """Append and sync the row for ``record``."""
@@ -244,6 +305,7 @@ class CsvResults:
                 record.error or "",
                 self.model_sha256,
                 __version__,
+                record.input_sha256 or "",
             )
         )
         self._file.append(row.encode(_ENCODING, errors=_ERRORS))
@@ -271,6 +333,7 @@ def _parse_float(text: str) -> float | None:
 
 def _key(path: str) -> str:
     return os.path.normpath(os.path.abspath(path))
+
 
 
 class AuditLog:

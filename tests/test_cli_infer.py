@@ -183,6 +183,24 @@ def test_csv_resume_scores_new_files(tiny_int8_model, sample_images, tmp_path):
     assert {row["edgefrac_version"] for row in rows} == {__version__}
 
 
+def test_csv_resume_rescores_replaced_file(tiny_int8_model, sample_images, tmp_path):
+    csv_path = tmp_path / "out.csv"
+    first = invoke("infer", sample_images, "--model", tiny_int8_model, "--csv", csv_path)
+    assert first.exit_code == ExitCode.OK, first.output
+    replaced = sample_images / "scan0.jpg"
+    Image.fromarray(np.full((48, 48, 3), 30, np.uint8)).save(replaced)
+    second = invoke("infer", sample_images, "--model", tiny_int8_model, "--csv", csv_path, "--json")
+    assert second.exit_code == ExitCode.OK, second.output
+    document = json.loads(second.stdout)
+    assert [entry["path"] for entry in document["results"]] == [str(replaced)]
+    assert document["summary"]["skipped"] == 3
+    rows = read_csv(csv_path)
+    assert len(rows) == 4
+    assert len({row["path"] for row in rows}) == 4
+    hashes = {row["path"]: row["input_sha256"] for row in rows}
+    assert hashes[str(replaced)] == file_sha256(replaced)
+
+
 def test_csv_resume_other_model_exits_2(tiny_int8_model, tiny_int8_probability_model, sample_images, tmp_path):
     csv_path = tmp_path / "out.csv"
     invoke("infer", sample_images, "--model", tiny_int8_model, "--csv", csv_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -14,14 +15,16 @@ import pytest
 from edgefrac import __version__
 from edgefrac.batch import ScoreRecord, Status
 from edgefrac.errors import OutputWriteError, UsageError
-from edgefrac.results import CSV_COLUMNS, AppendOnlyFile, AuditLog, CsvResults, read_complete_rows
+from edgefrac.dataset import file_sha256
+from edgefrac.results import CSV_COLUMNS, LEGACY_CSV_COLUMNS, AppendOnlyFile, AuditLog, CsvResults, read_complete_rows
 
 MODEL_SHA = "a" * 64
 OTHER_SHA = "b" * 64
+INPUT_SHA = "c" * 64
 
 
 def _ok(path: str, probability: float = 0.75) -> ScoreRecord:
-    return ScoreRecord(path, Status.OK, 0.5, probability=probability, label="fractured", input_sha256="c" * 64)
+    return ScoreRecord(path, Status.OK, 0.5, probability=probability, label="fractured", input_sha256=INPUT_SHA)
 
 
 def _error(path: str) -> ScoreRecord:
@@ -57,20 +60,77 @@ def test_resume_skips_ok_rows(tmp_path):
     csv_path = tmp_path / "out.csv"
     _write(csv_path, [_ok("/x/a.jpg"), _ok("/x/b.jpg")])
     with CsvResults(csv_path, model_sha256=MODEL_SHA, threshold=0.5) as table:
-        assert table.is_done("/x/a.jpg")
-        assert table.is_done("/x/./b.jpg")
-        assert not table.is_done("/x/c.jpg")
+        assert table.is_done("/x/a.jpg", INPUT_SHA)
+        assert table.is_done("/x/./b.jpg", INPUT_SHA)
+        assert not table.is_done("/x/c.jpg", INPUT_SHA)
 
 
 def test_resume_retries_error_rows(tmp_path):
     csv_path = tmp_path / "out.csv"
     _write(csv_path, [_ok("/x/a.jpg"), _error("/x/b.jpg"), _ok("/x/c.jpg")])
     with CsvResults(csv_path, model_sha256=MODEL_SHA, threshold=0.5) as table:
-        assert not table.is_done("/x/b.jpg")
+        assert not table.is_done("/x/b.jpg", INPUT_SHA)
         assert table.retried == 1
         table.write(_ok("/x/b.jpg"))
     paths = [row["path"] for row in _rows(csv_path)]
     assert paths == ["/x/a.jpg", "/x/c.jpg", "/x/b.jpg"]
+
+
+def test_resume_changed_content_not_done(tmp_path):
+    csv_path = tmp_path / "out.csv"
+    _write(csv_path, [_ok("/x/a.jpg")])
+    with CsvResults(csv_path, model_sha256=MODEL_SHA, threshold=0.5) as table:
+        assert not table.is_done("/x/a.jpg", "d" * 64)
+        assert not table.is_done("/x/a.jpg", None)
+
+
+def test_input_sha256_column_written(tmp_path):
+    csv_path = tmp_path / "out.csv"
+    _write(csv_path, [_ok("/x/a.jpg"), _error("/x/b.jpg")])
+    rows = _rows(csv_path)
+    assert rows[0]["input_sha256"] == INPUT_SHA
+    assert rows[1]["input_sha256"] == ""
+
+
+def test_select_pending_replaces_changed_row(tmp_path):
+    same = tmp_path / "same.jpg"
+    same.write_bytes(b"first scan")
+    replaced = tmp_path / "replaced.jpg"
+    replaced.write_bytes(b"old patient")
+    new = tmp_path / "new.jpg"
+    new.write_bytes(b"new scan")
+    csv_path = tmp_path / "out.csv"
+    _write(csv_path, [
+        ScoreRecord(str(same), Status.OK, 0.5, probability=0.1, label="not_fractured", input_sha256=file_sha256(same)),
+        ScoreRecord(str(replaced), Status.OK, 0.5, probability=0.9, label="fractured",
+                    input_sha256=file_sha256(replaced)),
+    ])
+    replaced.write_bytes(b"other patient")
+    with CsvResults(csv_path, model_sha256=MODEL_SHA, threshold=0.5) as table:
+        pending = table.select_pending([same, replaced, new])
+        assert pending == [replaced, new]
+        assert table.changed == 1
+        assert [row["path"] for row in _rows(csv_path)] == [str(same)]
+        table.write(ScoreRecord(str(replaced), Status.OK, 0.5, probability=0.2, label="not_fractured",
+                                input_sha256=file_sha256(replaced)))
+    rows = _rows(csv_path)
+    assert [row["path"] for row in rows] == [str(same), str(replaced)]
+    assert rows[1]["input_sha256"] == file_sha256(replaced)
+
+
+def test_legacy_table_matches_by_path(tmp_path, caplog):
+    csv_path = tmp_path / "out.csv"
+    legacy_header = ",".join(LEGACY_CSV_COLUMNS)
+    csv_path.write_text(f"{legacy_header}\n/x/a.jpg,ok,0.75,fractured,0.5,,{MODEL_SHA},0.0.1\n")
+    with caplog.at_level(logging.WARNING, logger="edgefrac.results"):
+        table = CsvResults(csv_path, model_sha256=MODEL_SHA, threshold=0.5)
+    with table:
+        assert table.is_done("/x/a.jpg", "d" * 64)
+        table.write(_ok("/x/b.jpg"))
+    assert any("no input_sha256" in record.getMessage() for record in caplog.records)
+    rows = _rows(csv_path)
+    assert list(rows[0]) == list(CSV_COLUMNS)
+    assert [row["input_sha256"] for row in rows] == ["", INPUT_SHA]
 
 
 def test_partial_last_line_dropped(tmp_path):
@@ -80,7 +140,7 @@ def test_partial_last_line_dropped(tmp_path):
     with open(csv_path, "ab") as handle:
         handle.write(b"/x/b.jpg,ok,0.3")
     with CsvResults(csv_path, model_sha256=MODEL_SHA, threshold=0.5) as table:
-        assert not table.is_done("/x/b.jpg")
+        assert not table.is_done("/x/b.jpg", INPUT_SHA)
     assert csv_path.read_bytes() == complete
 
 
@@ -120,8 +180,8 @@ def test_newline_in_path_round_trips(tmp_path):
     odd = "/x/line\nbreak, \"quoted\".jpg"
     _write(csv_path, [_ok(odd), _ok("/x/a.jpg")])
     with CsvResults(csv_path, model_sha256=MODEL_SHA, threshold=0.5) as table:
-        assert table.is_done(odd)
-        assert table.is_done("/x/a.jpg")
+        assert table.is_done(odd, INPUT_SHA)
+        assert table.is_done("/x/a.jpg", INPUT_SHA)
 
 
 def test_non_utf8_path_round_trips(tmp_path):
@@ -130,7 +190,7 @@ def test_non_utf8_path_round_trips(tmp_path):
     _write(csv_path, [_ok(odd)])
     assert b"/x/r\xf6ntgen.jpg" in csv_path.read_bytes()
     with CsvResults(csv_path, model_sha256=MODEL_SHA, threshold=0.5) as table:
-        assert table.is_done(odd)
+        assert table.is_done(odd, INPUT_SHA)
 
 
 def test_other_model_rejected(tmp_path):

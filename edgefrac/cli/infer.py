@@ -163,7 +163,7 @@ def build_classifier(settings: ClassifierSettings, *, delegates: tuple = ()) -> 
     "csv_path",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Append one row per file to this CSV. Running again with the same file skips files already scored "
-    "and scores files with an error row again.",
+    "with the same content (path and SHA-256), and scores changed files and files with an error row again.",
 )
 @click.option(
     "--audit-log",
@@ -200,9 +200,9 @@ def infer(
         if audit_log is not None:
             audit = stack.enter_context(AuditLog(audit_log, model_sha256=model.sha256))
 
-        pending = [path for path in files if table is None or not table.is_done(path)]
+        pending = files if table is None else table.select_pending(files)
         summary.skipped = len(files) - len(pending)
-        scored = score_files(classifier, pending, hash_inputs=audit is not None)
+        scored = score_files(classifier, pending, hash_inputs=audit is not None or table is not None)
         progress = _progress_bar(stack, len(pending))
         for record in scored:
             if table is not None:
