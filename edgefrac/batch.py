@@ -18,7 +18,7 @@ from pathlib import Path
 
 from edgefrac.classifier import FractureClassifier
 from edgefrac.dataset import file_sha256
-from edgefrac.errors import InputError, RuntimeIncompatibleError
+from edgefrac.errors import InputError, OutputNotProbabilityError, RuntimeIncompatibleError
 from edgefrac.images import load_input
 
 logger = logging.getLogger(__name__)
@@ -115,6 +115,8 @@ def score_file(classifier: FractureClassifier, path: Path, *, hash_input: bool =
             f"{classifier.runtime.info.describe()} failed to run the model on {display_path(path)}: "
             f"{one_line(error)}"
         ) from None
+    except OutputNotProbabilityError as error:
+        return ScoreRecord(str(path), Status.ERROR, threshold, error=str(error), input_sha256=input_sha256)
     if not math.isfinite(prediction.probability):
         reason = f"the model output is {prediction.probability}, not a probability"
         return ScoreRecord(str(path), Status.ERROR, threshold, error=reason, input_sha256=input_sha256)

@@ -17,13 +17,17 @@ import numpy as np
 
 from edgefrac import quantization
 from edgefrac.card import DecisionThreshold, ModelCard, OutputKind, TensorQuantization
-from edgefrac.errors import ModelFileError, UsageError
+from edgefrac.errors import ModelFileError, OutputNotProbabilityError, UsageError
 from edgefrac.images import DEFAULT_MAX_PIXELS, load_input
 from edgefrac.modelfile import LoadedModel, load_model
 from edgefrac.preprocessing import PreprocessConfig, ResizeMethod, ValueScaling
 from edgefrac.runtime import Runtime, make_interpreter, probe_load, resolve_runtime
 
 logger = logging.getLogger(__name__)
+
+# How far a quantized output's representable range may reach past [0, 1] and still be read as a
+# probability: TFLite's int8 logistic output (scale 1/256, zero point -128) spans 0..0.996.
+_PROBABILITY_RANGE_MARGIN = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +69,31 @@ def sigmoid(values) -> np.ndarray:
     """Return the logistic function of ``values``, stable for large magnitudes."""
     values = np.asarray(values, dtype=np.float64)
     return np.where(values >= 0, 1.0 / (1.0 + np.exp(-np.abs(values))), np.exp(-np.abs(values)) / (1.0 + np.exp(-np.abs(values))))
+
+
+def representable_range(output: TensorQuantization) -> tuple[float, float]:
+    """Return the lowest and highest real value a quantized tensor can hold: ``scale * (qmin|qmax - zero_point)``."""
+    limits = np.iinfo(np.dtype(output.dtype))
+    return output.scale * (int(limits.min) - output.zero_point), output.scale * (int(limits.max) - output.zero_point)
+
+
+def infer_output_kind(output: TensorQuantization) -> OutputKind:
+    """Guess the output kind of a model without a card from its output tensor.
+
+    A quantized output can only represent ``scale * (q - zero_point)`` for q in
+    the dtype's range. When that range reaches clearly outside [0, 1], the
+    output is a logit. A float output, or a quantized one that fits [0, 1], is
+    read as a probability. For int16, which TFLite quantizes symmetrically
+    (zero point 0), only the upper end counts, because its logistic output
+    spans -1..1.
+    """
+    if not output.is_quantized:
+        return OutputKind.PROBABILITY
+    lower, upper = representable_range(output)
+    below_zero = output.dtype != "int16" and lower < -_PROBABILITY_RANGE_MARGIN
+    if upper > 1.0 + _PROBABILITY_RANGE_MARGIN or below_zero:
+        return OutputKind.LOGIT
+    return OutputKind.PROBABILITY
 
 
 class FractureClassifier:
@@ -155,17 +184,27 @@ class FractureClassifier:
         if self.model.card is None:
             logger.warning(
                 "%s has no model card, so no preprocessing contract was found: using %dx%d input, %s resize, "
-                "%s scaling, %s output and threshold %g. Pass --resize, --scaling, --output-kind or --threshold "
-                "if the model was trained otherwise",
+                "%s scaling, %s output (%s) and threshold %g. Pass --resize, --scaling, --output-kind or "
+                "--threshold if the model was trained otherwise",
                 self.model.path,
                 preprocessing.width,
                 preprocessing.height,
                 preprocessing.resize.value,
                 preprocessing.scaling.value,
                 effective.output_kind.value,
+                self._output_kind_source(overrides),
                 threshold.value,
             )
         return effective
+
+    def _output_kind_source(self, overrides: Overrides) -> str:
+        if overrides.output_kind is not None:
+            return "set on the command line"
+        output = self.output_tensor
+        if not output.is_quantized:
+            return "assumed for a float output"
+        lower, upper = representable_range(output)
+        return f"inferred from the {output.dtype} output range {lower:.3g}..{upper:.3g}"
 
     def _card_from_tensors(self) -> ModelCard:
         shape = self.input_tensor.shape
@@ -182,6 +221,7 @@ class FractureClassifier:
             preprocessing=preprocessing,
             input=self.input_tensor,
             output=self.output_tensor,
+            output_kind=infer_output_kind(self.output_tensor),
             threshold=DecisionThreshold(0.5, chosen_on="default for a model without a card"),
         )
 
@@ -234,8 +274,19 @@ class FractureClassifier:
         return float(np.asarray(output, dtype=np.float64).reshape(-1)[0])
 
     def to_probability(self, raw_output: float) -> float:
+        """Turn the dequantized output into a probability according to the card's output kind.
+
+        Raises:
+            OutputNotProbabilityError: the output kind is probability but the
+                value is finite and outside [0, 1], so the model most likely
+                outputs a logit.
+        """
         if self.card.output_kind is OutputKind.LOGIT:
             return float(sigmoid(raw_output))
+        if math.isfinite(raw_output) and not 0.0 <= raw_output <= 1.0:
+            raise OutputNotProbabilityError(
+                f"model output {raw_output:g} is not a probability; pass --output-kind logit"
+            )
         return raw_output
 
     def predict_input(self, model_input: np.ndarray) -> Prediction:

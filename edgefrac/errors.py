@@ -29,6 +29,10 @@ class ModelFileError(EdgefracError):
     """A model file is missing, truncated, corrupted, edited or of the wrong type."""
 
 
+class OutputNotProbabilityError(EdgefracError):
+    """A model read as outputting a probability returned a value outside [0, 1] for one input."""
+
+
 class InputError(EdgefracError):
     """One input image could not be scored; a batch records it and goes on."""
 

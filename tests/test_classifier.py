@@ -16,8 +16,10 @@ import pytest
 
 from edgefrac import classifier as classifier_module
 from edgefrac.card import OutputKind
-from edgefrac.classifier import FractureClassifier, Overrides, sigmoid
-from edgefrac.errors import ModelFileError, UsageError
+from edgefrac.card import TensorQuantization
+from edgefrac.classifier import FractureClassifier, Overrides, infer_output_kind, sigmoid
+from edgefrac.errors import ModelFileError, OutputNotProbabilityError, UsageError
+from edgefrac.defaults import default_model_path
 from edgefrac.modelfile import LoadedModel, load_model, pack
 from edgefrac.preprocessing import ResizeMethod, ValueScaling
 
@@ -133,9 +135,11 @@ def test_override_threshold(tiny_int8_model):
 def test_override_output_kind(tiny_int8_model):
     overrides = Overrides(output_kind=OutputKind.PROBABILITY)
     classifier = FractureClassifier.from_path(tiny_int8_model, threads=1, overrides=overrides)
-    prediction = classifier.predict_input(random_inputs(1)[0])
+    raw = classifier.invoke(random_inputs(1)[0])
     assert classifier.card.output_kind is OutputKind.PROBABILITY
-    assert prediction.probability == prediction.raw_output
+    assert not 0.0 <= raw <= 1.0
+    with pytest.raises(OutputNotProbabilityError, match=f"model output {raw:g} is not a probability"):
+        classifier.predict_input(random_inputs(1)[0])
 
 
 def test_override_preprocessing(tiny_int8_model):
@@ -187,6 +191,48 @@ def test_plain_tflite_predicts(tiny_float_tflite, sample_images):
     classifier = FractureClassifier.from_path(tiny_float_tflite, threads=1)
     prediction = classifier.predict_file(sample_images / "scan2.png")
     assert 0.0 <= prediction.probability <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("dtype", "scale", "zero_point", "expected"),
+    [
+        ("int8", 1 / 256, -128, OutputKind.PROBABILITY),
+        ("uint8", 1 / 255, 0, OutputKind.PROBABILITY),
+        ("int16", 1 / 32768, 0, OutputKind.PROBABILITY),
+        ("int8", 0.0832, -10, OutputKind.LOGIT),
+        ("uint8", 0.05, 128, OutputKind.LOGIT),
+        ("int16", 0.001, 0, OutputKind.LOGIT),
+        ("float32", 0.0, 0, OutputKind.PROBABILITY),
+    ],
+)
+def test_output_kind_from_range(dtype, scale, zero_point, expected):
+    output = TensorQuantization(dtype=dtype, shape=(1, 1), scale=scale, zero_point=zero_point)
+    assert infer_output_kind(output) is expected
+
+
+def test_plain_int8_probability_inferred(tiny_int8_probability_model, tmp_path):
+    plain = tmp_path / "probability.tflite"
+    plain.write_bytes(load_model(tiny_int8_probability_model).tflite)
+    classifier = FractureClassifier.from_path(plain, threads=1)
+    assert classifier.card.output_kind is OutputKind.PROBABILITY
+
+
+def test_exported_default_inferred_logit(tmp_path, caplog):
+    plain = tmp_path / "default.tflite"
+    plain.write_bytes(load_model(default_model_path()).tflite)
+    with caplog.at_level(logging.WARNING, logger="edgefrac.classifier"):
+        classifier = FractureClassifier.from_path(plain, threads=1)
+    assert classifier.card.output_kind is OutputKind.LOGIT
+    messages = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert "logit output (inferred from the int8 output range" in messages[0]
+
+
+def test_probability_out_of_range_rejected(tiny_float_tflite):
+    classifier = FractureClassifier.from_path(tiny_float_tflite, threads=1)
+    assert classifier.card.output_kind is OutputKind.PROBABILITY
+    with pytest.raises(OutputNotProbabilityError, match="model output -0.5 is not a probability; pass --output-kind logit"):
+        classifier.to_probability(-0.5)
+    assert classifier.to_probability(1.0) == 1.0
 
 
 def test_plain_tflite_override_scaling(tiny_float_tflite):

@@ -17,6 +17,7 @@ from PIL import Image
 from edgefrac import __version__
 from edgefrac.cli import main
 from edgefrac.dataset import file_sha256
+from edgefrac.defaults import default_model_path
 from edgefrac.exitcodes import ExitCode
 from edgefrac.modelfile import load_model
 
@@ -165,6 +166,38 @@ def test_threshold_flag_sets_labels(tiny_int8_model, sample_images):
         assert document["summary"]["threshold"] == float(threshold)
         labels = {entry["label"] for entry in document["results"]}
         assert labels == {expected}, threshold
+
+
+def test_exported_default_matches_efm(sample_images, tmp_path):
+    plain = tmp_path / "default.tflite"
+    assert invoke("export", default_model_path(), plain).exit_code == ExitCode.OK
+    card = load_model(default_model_path()).card
+    from_efm = invoke("infer", sample_images, "--model", default_model_path(), "--json")
+    from_tflite = invoke(
+        "infer", sample_images, "--model", plain, "--json",
+        "--threshold", repr(card.threshold.value), "--scaling", card.preprocessing.scaling.value,
+        "--resize", card.preprocessing.resize.value,
+    )
+    assert from_tflite.exit_code == ExitCode.OK, from_tflite.output
+    assert "logit output (inferred from the int8 output range" in from_tflite.stderr
+    expected = [(entry["probability"], entry["label"]) for entry in json.loads(from_efm.stdout)["results"]]
+    actual = [(entry["probability"], entry["label"]) for entry in json.loads(from_tflite.stdout)["results"]]
+    assert actual == expected
+    for probability, _ in actual:
+        assert 0.0 <= probability <= 1.0
+
+
+def test_logit_read_as_probability_rows(sample_images, tmp_path):
+    plain = tmp_path / "default.tflite"
+    assert invoke("export", default_model_path(), plain).exit_code == ExitCode.OK
+    result = invoke("infer", sample_images, "--model", plain, "--output-kind", "probability", "--json")
+    results = json.loads(result.stdout)["results"]
+    errors = [entry["error"] for entry in results if entry["status"] == "error"]
+    assert errors, result.output
+    assert result.exit_code == ExitCode.SOME_INPUTS_FAILED
+    for error in errors:
+        assert error.startswith("model output ")
+        assert error.endswith(" is not a probability; pass --output-kind logit")
 
 
 def test_csv_resume_scores_new_files(tiny_int8_model, sample_images, tmp_path):
