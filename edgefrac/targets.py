@@ -52,21 +52,24 @@ def expand_targets(targets: Iterable[str]) -> list[Path]:
 
     A file named explicitly is kept whatever its suffix, because the user chose
     it. Folders and patterns contribute only files with an image or DICOM
-    suffix (see ``edgefrac.images``).
+    suffix (see ``edgefrac.images``). An existing folder without such files is
+    not an error, because a watched inbox is often empty: the result may then
+    be an empty list, and a warning is logged.
 
     Raises:
         UsageError: a target does not exist, a pattern matches nothing, or no
-            file to score was found at all.
+            target is a folder and no file to score was found.
     """
     files: list[Path] = []
     seen: set[str] = set()
+    targets = list(targets)
     for target in targets:
         for path in _expand_one(target):
             key = os.path.normpath(os.path.abspath(path))
             if key not in seen:
                 seen.add(key)
                 files.append(path)
-    if not files:
+    if not files and not any(Path(target).is_dir() for target in targets):
         raise UsageError(
             "no image or DICOM files found in the given targets; expected files with one of the suffixes "
             + ", ".join(sorted(SCORED_SUFFIXES))

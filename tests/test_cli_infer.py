@@ -119,6 +119,22 @@ def test_infer_missing_target_exits_2(tiny_int8_model, tmp_path):
     assert "not found" in result.stderr
 
 
+def test_infer_empty_folder_exits_0(tiny_int8_model, tmp_path):
+    inbox = tmp_path / "incoming"
+    inbox.mkdir()
+    csv_path = tmp_path / "out.csv"
+    result = invoke("infer", inbox, "--model", tiny_int8_model, "--csv", csv_path)
+    assert result.exit_code == ExitCode.OK, result.output
+    assert "contains no image or DICOM files" in result.stderr
+    assert "scored 0, fractured 0, failed 0, skipped 0" in result.stderr
+
+
+def test_infer_unmatched_pattern_exits_2(tiny_int8_model, tmp_path):
+    result = invoke("infer", tmp_path / "*.jpg", "--model", tiny_int8_model)
+    assert result.exit_code == ExitCode.USAGE
+    assert "matches no files" in result.stderr
+
+
 def test_infer_no_target_exits_2():
     assert invoke("infer").exit_code == ExitCode.USAGE
 

@@ -63,9 +63,16 @@ def test_unmatched_pattern_rejected(tmp_path):
         expand_targets([str(tmp_path / "*.jpg")])
 
 
-def test_empty_folder_rejected(tmp_path):
+def test_empty_folder_gives_no_files(tmp_path, caplog):
+    _touch(tmp_path / "notes.txt")
+    assert expand_targets([str(tmp_path)]) == []
+    assert "contains no image or DICOM files" in caplog.text
+
+
+def test_pattern_only_other_files_rejected(tmp_path):
+    _touch(tmp_path / "notes.txt")
     with pytest.raises(UsageError, match="no image or DICOM files"):
-        expand_targets([str(tmp_path)])
+        expand_targets([str(tmp_path / "*.txt")])
 
 
 def test_folder_named_like_image_walked(tmp_path):

@@ -29,10 +29,12 @@ RUNTIME_CHOICES = ("litert", "tflite_runtime", "tensorflow")
 
 EXIT_CODES_HELP = """\b
 Exit codes:
-  0  every input was scored (or was already in --csv)
+  0  every input was scored (or was already in --csv); an existing
+     folder with no image or DICOM files also exits 0
   1  runtime failure: the model, the interpreter or an output file
      cannot be used (a full disk included)
-  2  usage error: invalid option, or a target that does not exist
+  2  usage error: invalid option, a target that does not exist, or
+     a glob pattern that matches nothing
   3  the run finished, but some inputs could not be scored; their
      rows give the reason
 """
