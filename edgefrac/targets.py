@@ -10,11 +10,12 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from edgefrac.errors import UsageError
-from edgefrac.images import DICOM_SUFFIXES, IMAGE_SUFFIXES
+from edgefrac.images import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,12 @@ def is_pattern(target: str) -> bool:
 def walk_folder(folder: Path) -> Iterator[Path]:
     """Yield the image and DICOM files under ``folder``, recursively, in sorted order.
 
+    A file counts as DICOM by its suffix or, when its name has no suffix or an
+    all-digit one (PACS and CD exports name files ``IM0`` or by their UID), by
+    the ``DICM`` marker at byte 128. Only regular files are opened for that
+    check, so a FIFO or device in the folder cannot block the walk, and an
+    unreadable file is left out.
+
     Symbolic links to folders are not followed, so a link loop cannot make the
     walk endless. A link named like an image that leads nowhere (broken, or a
     loop) is still yielded: scoring it fails with a reason, so the run has a row
@@ -43,8 +50,25 @@ def walk_folder(folder: Path) -> Iterator[Path]:
     for directory, subfolders, names in os.walk(folder, onerror=report, followlinks=False):
         subfolders.sort()
         for name in sorted(names):
-            if os.path.splitext(name)[1].lower() in SCORED_SUFFIXES:
-                yield Path(directory, name)
+            suffix = os.path.splitext(name)[1].lower()
+            path = Path(directory, name)
+            if suffix in SCORED_SUFFIXES:
+                yield path
+            elif _may_be_unnamed_dicom(suffix) and _is_regular_dicom(path):
+                yield path
+
+
+def _may_be_unnamed_dicom(suffix: str) -> bool:
+    return suffix == "" or suffix[1:].isdigit()
+
+
+def _is_regular_dicom(path: Path) -> bool:
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
+    except OSError:
+        return False
+    return is_dicom(path)
 
 
 def expand_targets(targets: Iterable[str]) -> list[Path]:

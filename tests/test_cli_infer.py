@@ -416,6 +416,18 @@ def test_no_patient_field_in_outputs(tiny_int8_model, tmp_path):
         assert "ZZMARKER" not in text
 
 
+def test_infer_suffixless_dicom_scored(tiny_int8_model, tmp_path):
+    pytest.importorskip("pydicom")
+    series = tmp_path / "DICOM" / "ST0" / "SE0"
+    series.mkdir(parents=True)
+    write_marked_dicom(series / "IM0", "TEST^Patient")
+    result = invoke("infer", tmp_path / "DICOM", "--model", tiny_int8_model, "--json")
+    assert result.exit_code == ExitCode.OK, result.output
+    results = json.loads(result.stdout)["results"]
+    assert [entry["path"] for entry in results] == [str(series / "IM0")]
+    assert results[0]["status"] == "ok"
+
+
 @pytest.mark.slow
 def test_progress_bar_on_terminal(tiny_int8_model, sample_images):
     pty = pytest.importorskip("pty")

@@ -98,3 +98,34 @@ def test_pattern_detection():
     assert is_pattern("scans/*.jpg")
     assert is_pattern("scan?.png")
     assert not is_pattern("scans/a.jpg")
+
+
+def _write_dicom_marker(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
+    return path
+
+
+def test_suffixless_dicom_found(tmp_path):
+    image = _write_dicom_marker(tmp_path / "DICOM" / "ST0" / "SE0" / "IM0")
+    uid_named = _write_dicom_marker(tmp_path / "DICOM" / "1.2.840.10008.5")
+    _touch(tmp_path / "DICOM" / "README")
+    _touch(tmp_path / "DICOMDIR.bak")
+    assert list(walk_folder(tmp_path)) == [uid_named, image]
+
+
+def test_fifo_not_opened(tmp_path):
+    os.mkfifo(tmp_path / "IM0")
+    image = _write_dicom_marker(tmp_path / "IM1")
+    assert list(walk_folder(tmp_path)) == [image]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files regardless of their mode")
+def test_unreadable_file_left_out(tmp_path):
+    hidden = _write_dicom_marker(tmp_path / "IM0")
+    hidden.chmod(0)
+    image = _write_dicom_marker(tmp_path / "IM1")
+    try:
+        assert list(walk_folder(tmp_path)) == [image]
+    finally:
+        hidden.chmod(0o644)
