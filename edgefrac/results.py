@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -188,8 +189,7 @@ class CsvResults:
     def _prepare(self) -> None:
         if not self.path.exists():
             return
-        if self.path.is_dir():
-            raise UsageError(f"--csv {self.path} is a folder; pass a file path")
+        reject_non_regular(self.path, "--csv")
         try:
             data = self.path.read_bytes()
         except OSError as error:
@@ -335,6 +335,21 @@ def _key(path: str) -> str:
     return os.path.normpath(os.path.abspath(path))
 
 
+def reject_non_regular(path: Path, option: str) -> None:
+    """Raise UsageError unless ``path``, which exists, is a regular file (or a link to one).
+
+    Reading a device such as ``/dev/zero`` to resume it would never end, and a
+    FIFO would block until a writer appears.
+    """
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        raise UsageError(f"{option} {path}: cannot read its status ({error.strerror}); pass a file path") from None
+    if stat.S_ISDIR(mode):
+        raise UsageError(f"{option} {path} is a folder; pass a file path")
+    if not stat.S_ISREG(mode):
+        raise UsageError(f"{option} {path} is not a regular file (a device, FIFO or socket); pass a file path")
+
 
 class AuditLog:
     """An append-only JSON-lines log: when each input was scored, by which model, with what result.
@@ -346,6 +361,8 @@ class AuditLog:
     def __init__(self, path: str | os.PathLike, *, model_sha256: str):
         self.path = Path(path)
         self.model_sha256 = model_sha256
+        if self.path.exists():
+            reject_non_regular(self.path, "--audit-log")
         _drop_partial_line(self.path)
         self._file = AppendOnlyFile(self.path)
 

@@ -258,6 +258,13 @@ def test_csv_resume_other_model_exits_2(tiny_int8_model, tiny_int8_probability_m
     assert "model sha256" in result.stderr
 
 
+@pytest.mark.parametrize("option", ["--csv", "--audit-log"])
+def test_device_output_exits_2(tiny_int8_model, sample_images, option):
+    result = invoke("infer", sample_images, "--model", tiny_int8_model, option, os.devnull)
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert f"{option} {os.devnull} is not a regular file" in result.stderr
+
+
 def test_audit_log_one_line_per_file(tiny_int8_model, sample_images, tmp_path):
     write_bad_files(sample_images)
     log_path = tmp_path / "audit.jsonl"

@@ -220,6 +220,36 @@ def test_unwritable_folder_error(tmp_path):
         CsvResults(tmp_path / "absent" / "out.csv", model_sha256=MODEL_SHA, threshold=0.5)
 
 
+@pytest.mark.parametrize("device", ["/dev/null", "/dev/full"])
+def test_csv_device_rejected(device):
+    if not Path(device).exists():
+        pytest.skip(f"{device} is not available on this system")
+    with pytest.raises(UsageError, match="is not a regular file"):
+        CsvResults(device, model_sha256=MODEL_SHA, threshold=0.5)
+
+
+@pytest.mark.parametrize("device", ["/dev/null", "/dev/full"])
+def test_audit_log_device_rejected(device):
+    if not Path(device).exists():
+        pytest.skip(f"{device} is not available on this system")
+    with pytest.raises(UsageError, match="is not a regular file"):
+        AuditLog(device, model_sha256=MODEL_SHA)
+
+
+def test_fifo_outputs_rejected(tmp_path):
+    fifo = tmp_path / "results.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(UsageError, match="--csv .* is not a regular file"):
+        CsvResults(fifo, model_sha256=MODEL_SHA, threshold=0.5)
+    with pytest.raises(UsageError, match="--audit-log .* is not a regular file"):
+        AuditLog(fifo, model_sha256=MODEL_SHA)
+
+
+def test_csv_folder_rejected(tmp_path):
+    with pytest.raises(UsageError, match="is a folder"):
+        CsvResults(tmp_path, model_sha256=MODEL_SHA, threshold=0.5)
+
+
 def test_audit_log_fields(tmp_path):
     log_path = tmp_path / "audit.jsonl"
     with AuditLog(log_path, model_sha256=MODEL_SHA) as log:
