@@ -65,6 +65,24 @@ def test_infer_single_file_table(tiny_int8_model, sample_images):
     assert "scored 1, fractured" in result.stderr
 
 
+def test_summary_states_operating_point(sample_images):
+    threshold = load_model(default_model_path()).card.threshold
+    result = invoke("infer", sample_images / "scan0.jpg")
+    assert result.exit_code == ExitCode.OK, result.output
+    summary = result.stderr.strip().splitlines()[-1]
+    assert f"threshold {threshold.value:.3g}: sensitivity {threshold.sensitivity:.2f}" in summary
+    assert f"specificity {threshold.specificity:.2f} on {threshold.chosen_on}" in summary
+    assert "re-check" in summary
+    assert "threshold" not in result.stdout
+
+
+def test_summary_threshold_from_flag(tiny_int8_model, sample_images):
+    result = invoke("infer", sample_images / "scan0.jpg", "--model", tiny_int8_model, "--threshold", "0.25")
+    summary = result.stderr.strip().splitlines()[-1]
+    assert "threshold 0.25 (set on the command line)" in summary
+    assert "sensitivity" not in summary
+
+
 def test_infer_mixed_folder_exits_3(tiny_int8_model, sample_images, tmp_path):
     bad = write_bad_files(sample_images)
     csv_path = tmp_path / "out.csv"

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from edgefrac.batch import ScoreRecord, Status, Summary, display_path, score_files
-from edgefrac.card import OutputKind
+from edgefrac.card import DecisionThreshold, OutputKind
 from edgefrac.classifier import FractureClassifier, Overrides
 from edgefrac.cli import main
 from edgefrac.cli.edgetpu import device_delegates, device_option
@@ -230,12 +230,27 @@ def infer(
         _print_table(records)
     click.echo(
         f"scored {summary.scored}, fractured {summary.fractured}, failed {summary.failed}, "
-        f"skipped {summary.skipped} (threshold {classifier.threshold:g}; model {classifier.card.name}, "
-        f"sha256 {model.sha256[:12]})",
+        f"skipped {summary.skipped} (model {classifier.card.name}, sha256 {model.sha256[:12]}); "
+        f"{describe_operating_point(classifier.card.threshold)}",
         err=True,
     )
     if summary.failed:
         sys.exit(ExitCode.SOME_INPUTS_FAILED)
+
+
+def describe_operating_point(threshold: DecisionThreshold) -> str:
+    """Describe the decision threshold and, when the card records them, its sensitivity and specificity.
+
+    A threshold chosen for high sensitivity flags many images that are not
+    fractured, so the text says that a "fractured" label asks for a re-check.
+    """
+    if threshold.sensitivity is None or threshold.specificity is None:
+        return f"threshold {threshold.value:.3g} ({threshold.chosen_on})"
+    return (
+        f"threshold {threshold.value:.3g}: sensitivity {threshold.sensitivity:.2f}, specificity "
+        f"{threshold.specificity:.2f} on {threshold.chosen_on}; a fractured label means re-check the image, "
+        "not a diagnosis"
+    )
 
 
 def _report_file_size_limit_as_error() -> None:
