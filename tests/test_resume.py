@@ -174,3 +174,22 @@ def test_infer_real_radiographs(tiny_int8_model, fracatlas_dir, tmp_path):
     assert ends_cleanly
     assert len(rows) == len(images)
     assert os.path.commonpath([row[0] for row in rows]) == str(fracatlas_dir / "images")
+
+
+def start_and_read_first_row(command: list[str]) -> tuple[subprocess.Popen, list[str]]:
+    """Start ``command`` with stdout on a pipe and return once the table header and first row arrive."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = [process.stdout.readline(), process.stdout.readline()]
+    return process, lines
+
+
+@pytest.mark.slow
+def test_rows_printed_while_scoring(tiny_int8_model, large_folder, tmp_path):
+    csv_path = tmp_path / "out.csv"
+    process, lines = start_and_read_first_row(infer_command(large_folder, tiny_int8_model, csv_path))
+    process.kill()
+    process.communicate(timeout=300)
+    assert lines[0].split() == ["file", "probability", "label"]
+    assert lines[1].split()[0] in expected_paths(large_folder)
+    rows, _ = complete_rows(csv_path)
+    assert len(rows) < FOLDER_SIZE

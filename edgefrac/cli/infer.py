@@ -205,7 +205,8 @@ def infer(
         pending = files if table is None else table.select_pending(files)
         summary.skipped = len(files) - len(pending)
         scored = score_files(classifier, pending, hash_inputs=audit is not None or table is not None)
-        progress = _progress_bar(stack, len(pending))
+        rows = None if as_json else TableWriter(pending)
+        progress = None if rows is not None and rows.on_terminal else _progress_bar(stack, len(pending))
         for record in scored:
             if table is not None:
                 table.write(record)
@@ -213,6 +214,8 @@ def infer(
                 audit.write(record)
             summary.add(record)
             records.append(record)
+            if rows is not None:
+                rows.write(record)
             if progress is not None:
                 progress.update(1)
 
@@ -226,8 +229,6 @@ def infer(
             summary={**dataclasses.asdict(summary), "threshold": classifier.threshold},
         )
         click.echo(json.dumps(document, indent=2))
-    else:
-        _print_table(records)
     click.echo(
         f"scored {summary.scored}, fractured {summary.fractured}, failed {summary.failed}, "
         f"skipped {summary.skipped} (model {classifier.card.name}, sha256 {model.sha256[:12]}); "
@@ -267,12 +268,23 @@ def _progress_bar(stack: contextlib.ExitStack, length: int):
     return stack.enter_context(click.progressbar(length=length, label="Scoring", file=stream))
 
 
-def _print_table(records: list[ScoreRecord]) -> None:
-    names = [display_path(record.path) for record in records]
-    width = max([len("file"), *map(len, names)])
-    click.echo(f"{'file':<{width}}  {'probability':>11}  label")
-    for name, record in zip(names, records):
+class TableWriter:
+    """The results table on stdout: the header at once, then one row per file as soon as it is scored.
+
+    Each row is flushed, so a long run shows its progress and a killed run
+    leaves the rows printed so far. The file column is as wide as the longest
+    path to be scored.
+    """
+
+    def __init__(self, paths: list[Path]):
+        self.width = max([len("file"), *(len(display_path(path)) for path in paths)])
+        stdout = click.get_text_stream("stdout")
+        self.on_terminal = stdout.isatty()
+        click.echo(f"{'file':<{self.width}}  {'probability':>11}  label")
+
+    def write(self, record: ScoreRecord) -> None:
+        name = display_path(record.path)
         if record.status is Status.OK:
-            click.echo(f"{name:<{width}}  {record.probability:>11.4f}  {record.label}")
+            click.echo(f"{name:<{self.width}}  {record.probability:>11.4f}  {record.label}")
         else:
-            click.echo(f"{name:<{width}}  {'-':>11}  error: {display_path(record.error or '')}")
+            click.echo(f"{name:<{self.width}}  {'-':>11}  error: {display_path(record.error or '')}")
