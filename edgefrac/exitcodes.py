@@ -18,3 +18,6 @@ class ExitCode(enum.IntEnum):
 
     DRIFT_EXCEEDED = 4
     """A ``--max-drift`` gate failed: the quantized model is worse, not broken."""
+
+    INTERRUPTED = 130
+    """Stopped by SIGINT (Ctrl-C); 128 + the signal number, as shells report it."""

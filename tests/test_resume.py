@@ -193,3 +193,22 @@ def test_rows_printed_while_scoring(tiny_int8_model, large_folder, tmp_path):
     assert lines[1].split()[0] in expected_paths(large_folder)
     rows, _ = complete_rows(csv_path)
     assert len(rows) < FOLDER_SIZE
+
+
+@pytest.mark.slow
+def test_interrupt_exits_130(tiny_int8_model, large_folder, tmp_path):
+    csv_path = tmp_path / "out.csv"
+    process, lines = start_and_read_first_row(infer_command(large_folder, tiny_int8_model, csv_path))
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == ExitCode.INTERRUPTED, stderr
+    assert "Traceback" not in stderr
+    assert "Aborted!" not in stderr
+    rows, ends_cleanly = complete_rows(csv_path)
+    assert ends_cleanly
+    assert 1 <= len(rows) < FOLDER_SIZE
+    message = stderr.strip().splitlines()[-1]
+    assert message.startswith(f"interrupted: scored {len(rows)} file(s), 0 failed")
+    assert f"run the same command again to resume, and files in {csv_path} are skipped" in message
+    printed = [line.split()[0] for line in [lines[1], *stdout.splitlines()]]
+    assert set(printed) <= {row[0] for row in rows}

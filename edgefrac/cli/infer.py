@@ -37,6 +37,8 @@ Exit codes:
      a glob pattern that matches nothing
   3  the run finished, but some inputs could not be scored; their
      rows give the reason
+  130  interrupted (Ctrl-C); the rows written to --csv are kept, and
+     running the same command again resumes
 """
 
 
@@ -183,13 +185,37 @@ def infer(
     probability and label on stdout and a summary on stderr. A file that
     cannot be read gets a row with the reason, and the run goes on.
     """
+    _report_file_size_limit_as_error()
+    summary = Summary()
+    try:
+        _infer(targets, settings, as_json, csv_path, audit_log, device, summary)
+    except KeyboardInterrupt:
+        resume = (
+            f"; run the same command again to resume, and files in {csv_path} are skipped"
+            if csv_path is not None
+            else "; pass --csv PATH to make a run resumable"
+        )
+        click.echo(
+            f"interrupted: scored {summary.scored} file(s), {summary.failed} failed{resume}",
+            err=True,
+        )
+        sys.exit(ExitCode.INTERRUPTED)
+
+
+def _infer(
+    targets,
+    settings: ClassifierSettings,
+    as_json: bool,
+    csv_path: Path | None,
+    audit_log: Path | None,
+    device: str,
+    summary: Summary,
+) -> None:
     from edgefrac.targets import expand_targets
 
-    _report_file_size_limit_as_error()
     files = expand_targets(targets)
     classifier = build_classifier(settings, delegates=device_delegates(device, settings.runtime))
     model = classifier.model
-    summary = Summary()
     records: list[ScoreRecord] = []
 
     with contextlib.ExitStack() as stack:
