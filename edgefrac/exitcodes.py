@@ -21,3 +21,6 @@ class ExitCode(enum.IntEnum):
 
     INTERRUPTED = 130
     """Stopped by SIGINT (Ctrl-C); 128 + the signal number, as shells report it."""
+
+    BROKEN_PIPE = 141
+    """The reader of stdout went away (``| head``); 128 + SIGPIPE, as shells report a process SIGPIPE killed."""

@@ -398,6 +398,33 @@ def test_script_exit_codes(tiny_int8_model, sample_images, tmp_path):
     assert "Traceback" not in broken.stderr
 
 
+@pytest.mark.slow
+def test_broken_pipe_exits_quietly(tiny_int8_model, sample_images):
+    read_end, write_end = os.pipe()
+    process = subprocess.Popen(
+        [str(EDGEFRAC_SCRIPT), "infer", str(sample_images), "--model", str(tiny_int8_model)],
+        stdout=write_end, stderr=subprocess.PIPE, text=True,
+    )
+    os.close(write_end)
+    os.close(read_end)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == ExitCode.BROKEN_PIPE, stderr
+    assert "Traceback" not in stderr
+    assert "BrokenPipeError" not in stderr
+
+
+def close_stdout() -> None:
+    os.close(1)
+
+
+@pytest.mark.slow
+def test_closed_stdout_exits_1(tiny_int8_model, sample_images):
+    completed = run_edgefrac("infer", sample_images, "--model", tiny_int8_model, preexec_fn=close_stdout)
+    assert completed.returncode == ExitCode.RUNTIME_FAILURE, completed.stderr
+    assert "Error: standard output is closed" in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
 def write_marked_dicom(path: Path, marker: str, *, frames: int = 1, pixel_data: bool = True) -> Path:
     """Write a small DICOM radiograph whose patient and study fields contain ``marker``."""
     from pydicom import uid

@@ -9,6 +9,7 @@ Results go to stdout, diagnostics (logs, progress) to stderr.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
@@ -35,6 +36,9 @@ class EdgefracGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            _silence_stdout()
+            ctx.exit(ExitCode.BROKEN_PIPE)
         except UsageError as error:
             click.echo(f"Error: {error}", err=True)
             ctx.exit(ExitCode.USAGE)
@@ -52,6 +56,19 @@ class EdgefracGroup(click.Group):
 def main(verbose: int) -> None:
     """Run quantized fracture classifiers on radiographs, convert and benchmark them."""
     configure_logging(verbose)
+    if sys.stdout is None:
+        # Python sets sys.stdout to None when file descriptor 1 was closed at start-up, and click.echo
+        # then drops every result without an error.
+        raise EdgefracError("standard output is closed, so no results can be written; redirect it to a file")
+
+
+def _silence_stdout() -> None:
+    """Point file descriptor 1 at /dev/null, so flushing stdout at exit raises no second BrokenPipeError."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 
 def _register() -> None:

@@ -39,6 +39,7 @@ Exit codes:
      rows give the reason
   130  interrupted (Ctrl-C); the rows written to --csv are kept, and
      running the same command again resumes
+  141  the reader of stdout went away (a broken pipe, as with | head)
 """
 
 
