@@ -78,6 +78,21 @@ def test_cli_compatible(tiny_int8_model):
     assert "edgetpu_compiler" in result.output
 
 
+def test_cli_efm_export_step(tiny_int8_model):
+    result = CliRunner().invoke(main, ["edgetpu-check", str(tiny_int8_model)])
+    tflite = tiny_int8_model.with_suffix(".tflite")
+    assert f"edgefrac export {tiny_int8_model} {tflite} && edgetpu_compiler --show_operations {tflite}" in result.output
+
+
+def test_cli_tflite_compile_step(tiny_int8_model, tmp_path):
+    plain = tmp_path / "model.tflite"
+    plain.write_bytes(load_model(tiny_int8_model).tflite)
+    result = CliRunner().invoke(main, ["edgetpu-check", str(plain)])
+    assert result.exit_code == 0, result.output
+    assert f"compile it with: edgetpu_compiler --show_operations {plain}" in result.output
+    assert "edgefrac export" not in result.output
+
+
 def test_cli_split_text(leaky_relu_tflite):
     result = CliRunner().invoke(main, ["edgetpu-check", str(leaky_relu_tflite)])
     assert result.exit_code == 1

@@ -57,12 +57,12 @@ def edgetpu_check(model: Path, as_json: bool) -> None:
         }
         click.echo(json.dumps(document, indent=2))
     else:
-        _print_text(model, report)
+        _print_text(model, report, is_model_file=loaded.has_card)
     if not report.compatible:
         raise SystemExit(ExitCode.RUNTIME_FAILURE)
 
 
-def _print_text(model: Path, report) -> None:
+def _print_text(model: Path, report, *, is_model_file: bool) -> None:
     if report.already_compiled:
         click.echo(f"{model}: already compiled for the Edge TPU (contains edgetpu-custom-op)")
     for problem in report.tensor_problems:
@@ -81,7 +81,14 @@ def _print_text(model: Path, report) -> None:
                 f"ops 0-{first.index - 1} ({report.mapped_op_count} of {len(report.ops)}) and leaves the rest "
                 "to the CPU"
             )
-    if report.compatible:
-        click.echo(f"{model}: compatible; compile it with: edgetpu_compiler --show_operations MODEL.tflite")
+    if report.compatible and is_model_file:
+        # edgetpu_compiler reads plain TFLite files, not the .efm zip archive.
+        tflite = model.with_suffix(".tflite")
+        click.echo(
+            f"{model}: compatible; extract the TFLite model, then compile it: "
+            f"edgefrac export {model} {tflite} && edgetpu_compiler --show_operations {tflite}"
+        )
+    elif report.compatible:
+        click.echo(f"{model}: compatible; compile it with: edgetpu_compiler --show_operations {model}")
     else:
         click.echo(f"{model}: not fully compatible with the Edge TPU")
