@@ -2,7 +2,7 @@
 
 Settings come from three places, in this order of precedence: explicit
 arguments (the CLI's flags), the model card, and defaults read off the input
-tensor of a plain ``.tflite`` that has no card.
+and output tensors of a plain ``.tflite`` that has no card.
 """
 
 from __future__ import annotations
