@@ -232,7 +232,11 @@ def train(split_path: str | Path, output: str | Path, recipe: TrainingRecipe, da
     threshold = metrics.threshold_for_sensitivity(val_scores, val_labels, recipe.target_sensitivity)
     at_threshold = metrics.confusion(val_scores, val_labels, threshold)
     val_auc = metrics.roc_auc(val_scores, val_labels)
-    model.save(output, include_optimizer=False)
+    # A clone without the optimizer saves the weights only (Keras 3 saves the optimizer state of a
+    # compiled model, which triples the file size of the custom CNN).
+    inference_model = keras.models.clone_model(model)
+    inference_model.set_weights(model.get_weights())
+    inference_model.save(output)
 
     record = {
         "format": RECORD_FORMAT,
