@@ -186,7 +186,7 @@ def test_train_without_tensorflow(tmp_path):
     code = (
         "import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None\n"
         "from edgefrac.cli import main\n"
-        f"main(['train', '--split', {str(tmp_path / 's.json')!r}, '--output', {str(tmp_path / 'm.keras')!r}])\n"
+        f"main(['train', '--split-file', {str(tmp_path / 's.json')!r}, '--output', {str(tmp_path / 'm.keras')!r}])\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
