@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from converters import architectures
+from converters.folding import fold_batchnorm_after_relu
 from converters.tf import keras, tf
 from edgefrac.card import OutputKind
 from edgefrac.errors import EdgefracError, UsageError
@@ -35,10 +36,24 @@ class ConversionError(EdgefracError):
 
 
 def export_model(model: keras.Model, output_kind: OutputKind) -> keras.Model:
-    """Return the model to convert: the classifier itself or its logit head."""
+    """Return the model to convert: the classifier or its logit head, with a trailing batch norm folded.
+
+    The fold (``converters.folding``) computes the same function and keeps the
+    int8 tensors of the custom CNN's head balanced.
+    """
+    try:
+        logit = architectures.logit_model(model)
+    except UsageError:
+        if OutputKind(output_kind) is OutputKind.LOGIT:
+            raise
+        return model
+    folded = fold_batchnorm_after_relu(logit)
     if OutputKind(output_kind) is OutputKind.LOGIT:
-        return architectures.logit_model(model)
-    return model
+        return folded
+    if folded is logit:
+        return model
+    probability = keras.layers.Activation("sigmoid", name=architectures.PROBABILITY_LAYER)(folded.outputs[0])
+    return keras.Model(folded.inputs, probability, name=model.name)
 
 
 def convert(
