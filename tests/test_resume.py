@@ -176,9 +176,17 @@ def test_infer_real_radiographs(tiny_int8_model, fracatlas_dir, tmp_path):
     assert os.path.commonpath([row[0] for row in rows]) == str(fracatlas_dir / "images")
 
 
+def _default_sigint() -> None:
+    # A shell starts background jobs with SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler; the child must see SIGINT as an interactive run does.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def start_and_read_first_row(command: list[str]) -> tuple[subprocess.Popen, list[str]]:
     """Start ``command`` with stdout on a pipe and return once the table header and first row arrive."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint
+    )
     lines = [process.stdout.readline(), process.stdout.readline()]
     return process, lines
 
