@@ -11,6 +11,8 @@ to int8 has only 256 levels (scale 1/256, zero point -128), which near a
 low decision threshold leaves few distinct values to choose from. The logit
 spans a wider range, so the quantization levels spread over the probability
 scale where the decisions are made; the runtime applies the sigmoid itself.
+On the shipped MobileNetV2 both outputs gave the same validation agreement
+after re-tuning (0.916), because its int8 error comes from the backbone.
 """
 
 from __future__ import annotations

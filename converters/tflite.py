@@ -1,7 +1,7 @@
 """Convert a Keras classifier to TFLite: float32, float16, dynamic-range or full-integer int8.
 
-Every variant has a static batch of 1, because XNNPACK does not delegate
-dynamic shapes. The int8 variant has int8 input and output and only
+Every variant has a static batch of 1, so the interpreter never resizes
+tensors and XNNPACK plans the whole graph once. The int8 variant has int8 input and output and only
 ``TFLITE_BUILTINS_INT8`` ops: conversion fails rather than leave float ops.
 """
 
