@@ -159,7 +159,7 @@ def retune_threshold(
     Candidates are the distinct probabilities the model produced (for an int8
     output these are its quantization levels). Among those that keep the
     target sensitivity, the one that agrees most often with the reference
-    model's decisions wins; ties go to the higher threshold, for specificity.
+    model's decisions wins. Ties go to the higher threshold, because it gives the higher specificity.
     """
     levels = np.unique(probabilities)
     positives = labels == 1

@@ -299,7 +299,7 @@ class FractureClassifier:
         """Decode, preprocess and score one image or DICOM file.
 
         Raises:
-            InputError: the file cannot be decoded; the message says why.
+            InputError: the file cannot be decoded; the message gives the reason.
         """
         model_input = load_input(
             path, self.preprocessing, allow_truncated=self.allow_truncated, max_pixels=self.max_pixels

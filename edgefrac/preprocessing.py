@@ -37,7 +37,7 @@ class ResizeMethod(str, enum.Enum):
 
 
 class ValueScaling(str, enum.Enum):
-    """How 8-bit pixel values map to the float input of the model."""
+    """Mapping from 8-bit pixel values to the float input of the model."""
 
     UNIT = "0_1"
     """``x / 255``: the custom CNN."""
