@@ -4,7 +4,7 @@ The custom CNN ends in ``Dense(256, relu) -> BatchNormalization -> Dropout ->
 Dense(1)``. Batch normalization after the activation rescales channels whose
 raw outputs differ by orders of magnitude, so the int8 tensor between the
 dense layer and the batch normalization needs one scale for all of them: the
-largest channels set it, and the smallest round to zero before the batch
+largest channels set it. The smallest round to zero before the batch
 normalization multiplies them up again.
 
 At inference the batch normalization is ``y = gain * x + offset`` per channel

@@ -19,7 +19,7 @@ DEFAULT_CLASS_NAMES = ("not_fractured", "fractured")
 
 
 class OutputKind(str, enum.Enum):
-    """What the model's single output value is before the runtime turns it into a probability."""
+    """Meaning of the model's single output value before the runtime turns it into a probability."""
 
     PROBABILITY = "probability"
     LOGIT = "logit"

@@ -65,7 +65,7 @@ def read_labelled_folder(root: str | Path, positive_class: str | None = None) ->
     """
     root = Path(root)
     if not root.is_dir():
-        raise UsageError(f"dataset folder {root} not found; pass the folder that holds the class subfolders")
+        raise UsageError(f"dataset folder {root} not found; pass the folder that contains the class subfolders")
     class_root = root / "images" if (root / "images").is_dir() else root
     classes = sorted(p.name for p in class_root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) != 2:

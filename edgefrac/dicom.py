@@ -300,7 +300,7 @@ def _grayscale_to_8bit(pydicom, dataset, pixels: np.ndarray, printable_path: str
     if low == high:
         return np.zeros(values.shape, dtype=np.uint8)
     # The window's own output range maps onto 0..255, so a window wider than the
-    # data keeps the contrast the window asks for. With a negative rescale slope
+    # data keeps the contrast the window specifies. With a negative rescale slope
     # low > high, and the formula still sends the window's lower edge to 0.
     scaled = (values - low) * (255.0 / (high - low))
     return np.rint(scaled).clip(0, 255).astype(np.uint8)

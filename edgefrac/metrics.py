@@ -147,8 +147,7 @@ def threshold_for_sensitivity(scores, labels, target_sensitivity: float) -> floa
     """Return the highest threshold whose sensitivity on these cases is at least the target.
 
     Candidates are the scores themselves, so for an int8 output with 256 levels
-    the threshold is one of those levels and no two thresholds that give the
-    same decisions are told apart.
+    the threshold is one of those levels, never a value between two levels.
     """
     if not 0.0 < target_sensitivity <= 1.0:
         raise UsageError(f"invalid target sensitivity {target_sensitivity}: expected a value in (0, 1]")

@@ -8,7 +8,7 @@ the model flatbuffer. edgefrac uses a zip archive because
   machine, while flatbuffer metadata needs the TFLite metadata schema and the
   ``tflite-support`` tooling, which has no wheels for current Python versions;
 * the archive carries a manifest with the SHA-256 of each member, so the model
-  bytes are verified before the interpreter sees them. LiteRT has crashed
+  bytes are verified before the interpreter reads them. LiteRT has crashed
   (segmentation fault) on truncated flatbuffers, and a hash check cannot crash;
 * the ``.tflite`` member is byte-for-byte what the converter wrote, so
   ``edgefrac export`` (or ``unzip``) gives a plain model for benchmark_model,

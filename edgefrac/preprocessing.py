@@ -1,7 +1,7 @@
 """The preprocessing contract: how decoded pixels become a model input.
 
 Training, conversion (representative dataset, drift checks) and the device
-runtime all call the functions here, so a model sees the same numbers at every
+runtime all call the functions here, so a model receives the same numbers at every
 stage. Decoding files into 8-bit RGB pixels lives in ``edgefrac.images``.
 """
 

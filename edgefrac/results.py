@@ -30,8 +30,8 @@ from edgefrac.errors import OutputWriteError, UsageError
 logger = logging.getLogger(__name__)
 
 CSV_COLUMNS = (
-    # NOTE: file paths are written as given, and clinics sometimes name files after patients;
-    # the audit log leaves paths out for that reason, but this CSV and the table keep them.
+    # NOTE: file paths are written as given, and clinics sometimes name files after patients.
+    # The audit log leaves paths out for that reason, but this CSV and the table keep them.
     "path",
     "status",
     "probability",
@@ -277,7 +277,7 @@ class CsvResults:
         rewrite as error rows) so their new rows replace them.
         """
         # NOTE: every already-scored file is read again to hash it, so resuming over a large
-        # archive on a Pi costs one full read of it; size and mtime would be cheaper but weaker.
+        # archive on a Pi costs one full read of it. Size and mtime would be cheaper but weaker.
         pending: list[Path] = []
         changed_keys: set[str] = set()
         for path in paths:

@@ -44,7 +44,7 @@ RUNTIME_ENVIRONMENT_VARIABLE = "EDGEFRAC_RUNTIME"
 
 @dataclasses.dataclass(frozen=True)
 class RuntimeInfo:
-    """Which interpreter package edgefrac uses, and its version."""
+    """Name and version of the interpreter package edgefrac uses."""
 
     name: str
     module: str

@@ -91,7 +91,7 @@ def test_export_probability_keeps_sigmoid():
 
 def test_int8_folded_head_tracks_float():
     # Without the fold, channels with small raw outputs share one int8 scale with
-    # the largest ones and round to zero; with it, int8 follows the float logits.
+    # the largest ones and round to zero. With the fold, int8 follows the float logits.
     from converters import architectures
     from converters.tf import keras
     from converters.tflite import convert

@@ -306,7 +306,7 @@ def test_format_outside_list_rejected(tmp_path):
 
 @pytest.mark.slow
 def test_fracatlas_matches_manifest(fracatlas_dir):
-    """Every real image decodes or raises TruncatedImageError, as manifest.csv's decodes_fully says."""
+    """Every real image decodes or raises TruncatedImageError, as manifest.csv's decodes_fully column records."""
     import csv
 
     with open(fracatlas_dir / "manifest.csv", newline="", encoding="utf-8") as handle:
@@ -341,7 +341,7 @@ def test_fracatlas_matches_manifest(fracatlas_dir):
 
 @pytest.mark.slow
 def test_fracatlas_rotated_tags_present(fracatlas_dir):
-    """The real data set holds files tagged 6 and 8, so the orientation check above is not vacuous."""
+    """The real data set contains files tagged 6 and 8, so the orientation check above is not vacuous."""
     import csv
 
     with open(fracatlas_dir / "manifest.csv", newline="", encoding="utf-8") as handle:

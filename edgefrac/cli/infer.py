@@ -270,7 +270,7 @@ def describe_operating_point(threshold: DecisionThreshold) -> str:
     """Describe the decision threshold and, when the card records them, its sensitivity and specificity.
 
     A threshold chosen for high sensitivity flags many images that are not
-    fractured, so the text states that a "fractured" label asks for a re-check.
+    fractured, so the text states that a "fractured" label calls for a re-check.
     """
     if threshold.sensitivity is None or threshold.specificity is None:
         return f"threshold {threshold.value:.3g} ({threshold.chosen_on})"
