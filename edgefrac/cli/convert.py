@@ -72,21 +72,35 @@ def _print_table(report) -> None:
 @click.option("--max-drift", type=click.FloatRange(0.0, 1.0),
               help="Exit with code 4 when more than this fraction of validation decisions flip between the Keras "
                    "model and the int8 model (files are still written).")
+@click.option("--weight-rounding/--no-weight-rounding", default=True, show_default=True,
+              help="After calibration, re-round int8 convolution and dense weights to minimize each layer's output "
+                   "error on representative images instead of each weight's own error.")
+@click.option("--range-tuning/--no-range-tuning", default=True, show_default=True,
+              help="After calibration, narrow int8 activation ranges set by rare outliers to the range with the "
+                   "smallest quantization error.")
+@click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
+              help="After calibration, remove each int8 convolution's mean output error (measured against a float32 "
+                   "conversion) from its bias.")
+@click.option("--correction-images", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Representative images used by weight rounding, range tuning and bias correction.")
 @click.option("--seed", default=0, show_default=True, help="Seed for drawing the representative dataset.")
 @click.option("--json", "as_json", is_flag=True, help="Print the conversion report as JSON instead of a table.")
 def convert(model, calibration_dir, split_file, output_dir, name, variants, calibration_size, output_kind,
-            target_sensitivity, threshold, scaling, resize, max_drift, seed, as_json):
+            target_sensitivity, threshold, scaling, resize, max_drift, weight_rounding, range_tuning, bias_correction,
+            correction_images, seed, as_json):
     """Quantize a Keras MODEL into float32, float16 and full-integer int8 model files.
 
     The int8 model has int8 input and output, integer ops only and a batch of 1.
-    Its threshold is re-tuned on its own outputs to keep the target sensitivity,
-    and the drift against the Keras model on the validation and test splits is
-    printed and stored in each file's card.
+    After calibration, its weights are re-rounded, its activation ranges tuned
+    and its biases corrected against a float32 conversion. Its threshold is re-tuned on its own outputs
+    to keep the target sensitivity, and the drift against the Keras model on
+    the validation and test splits is printed and stored in each file's card.
 
     Exit codes: 0 converted, 1 conversion failed, 2 invalid options,
     4 --max-drift exceeded.
     """
     from converters.convert import ConvertOptions, convert_keras_model
+    from converters.post_calibration import PostCalibrationOptions
     from converters.tflite import Variant
 
     preprocessing = None
@@ -107,6 +121,10 @@ def convert(model, calibration_dir, split_file, output_dir, name, variants, cali
         target_sensitivity=target_sensitivity,
         threshold=threshold,
         preprocessing=preprocessing,
+        post_calibration=PostCalibrationOptions(
+            weight_rounding=weight_rounding, range_tuning=range_tuning, bias_correction=bias_correction,
+            images=correction_images,
+        ),
     )
     report = convert_keras_model(
         model, output_dir, split_path=split_file, calibration_dir=calibration_dir, options=options, name=name
