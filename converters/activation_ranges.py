@@ -6,11 +6,11 @@ linear projection outputs (no ReLU after them) span about +-50 while their
 standard deviation is about 3, so one int8 step is about a sixth of a standard
 deviation and rounding noise grows through every later block.
 
-For each tensor written by a convolution or an add and read only by ops that
-take their input scale from the tensor, this module samples the tensor's float
-values (from a float32 model converted from the same graph, which has the same
-tensor names), picks the clipping range with the smallest mean squared
-quantization error, and writes the new scale and zero point. The int32 biases
+The candidates are tensors written by a convolution or an add and read only
+by ops that take their input scale from the tensor. For each, this module
+samples the tensor's float values from a float32 model converted from the same
+graph (it has the same tensor names). It then picks the clipping range with
+the smallest mean squared quantization error and writes its scale and zero point. The int32 biases
 of the convolutions that read the tensor are rescaled to the new input scale,
 as TFLite requires bias scale = input scale x weight scale.
 """

@@ -10,10 +10,10 @@ shift then passes through every later layer and moves the logit.
 The correction runs the representative dataset through the int8 model and
 through a float32 model converted from the same graph, which has the same
 tensor names. For each convolution and fully connected op in execution order
-it measures the mean error of every output channel, using only positions where
-the float output lies strictly inside the fused activation's range (there the
-error after the activation equals the error before it), and subtracts that mean
-from the op's int32 bias. Each op is measured after the ops before it are
+it measures the mean error of every output channel and subtracts it from the
+op's int32 bias. The mean uses only positions where the float output lies
+strictly inside the fused activation's range, because there the error after
+the activation equals the error before it. Each op is measured after the ops before it are
 corrected, so it corrects what is left. The model keeps its ops, scales and
 zero points; only bias values change.
 """
@@ -30,8 +30,6 @@ from edgefrac.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BIAS_CORRECTION_IMAGES = 64
-
 # TFLite's ActivationFunctionType codes and the open interval where the
 # activation is the identity.
 _IDENTITY_RANGE = {
@@ -44,7 +42,7 @@ _IDENTITY_RANGE = {
 
 @dataclasses.dataclass(frozen=True)
 class BiasCorrection:
-    """What the correction did: ops corrected, images used and the largest shift removed, in int8 steps."""
+    """Summary of one bias correction: ops corrected, images used, largest shift removed (in int8 steps)."""
 
     ops: int
     images: int
@@ -72,10 +70,10 @@ def _mean_output_error(quantized, reference, inputs, output, q_index, f_index, i
 
 
 def correct_biases(int8_model: bytes, float_model: bytes, inputs: np.ndarray) -> tuple[bytes, BiasCorrection]:
-    """Return ``int8_model`` with its int32 biases corrected, and a summary.
+    """Correct the int32 biases of ``int8_model``; return the new bytes and a summary.
 
-    ``float_model`` is the float32 TFLite conversion of the same Keras graph;
-    ``inputs`` are preprocessed float32 representative images.
+    ``float_model`` is the float32 TFLite conversion of the same Keras graph,
+    and ``inputs`` are preprocessed float32 representative images.
     """
     if len(inputs) == 0:
         raise UsageError("bias correction needs at least one representative image")

@@ -4,8 +4,8 @@ The post-calibration steps (``converters.activation_ranges`` and
 ``converters.bias_correction``) change numbers inside a converted int8 model
 and never its ops. TFLite's kernels compute their requantization multipliers
 from the tensors' scales when the interpreter prepares the model, so a scale
-written here takes effect as long as every bias keeps
-``bias scale = input scale x weight scale``; ``set_tensor_range`` keeps that.
+written here takes effect. Every bias must keep
+``bias scale = input scale x weight scale``, and ``set_tensor_range`` keeps it.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def set_tensor_range(model, tensor_index: int, low: float, high: float, readers:
 
 
 def debug_interpreter(model_bytes: bytes):
-    """An interpreter that keeps every intermediate tensor readable after ``invoke``."""
+    """Create an interpreter that keeps every intermediate tensor readable after ``invoke``."""
     interpreter = resolve_runtime().interpreter_class(
         model_content=bytes(model_bytes), experimental_preserve_all_tensors=True, num_threads=1
     )

@@ -4,7 +4,7 @@ The converter rounds every float weight to the nearest int8 level of its
 channel's scale. Each weight's rounding error is small, but what matters is
 the error of the layer's output, ``sum_i (q_i * scale - w_i) * x_i``, and
 nearest rounding ignores that the inputs ``x_i`` are correlated. Radiographs
-have wide flat areas, so the 3x3 patches a depthwise kernel sees are nearly
+have wide flat areas, so the 3x3 patches a depthwise kernel reads are nearly
 constant: what reaches the output is the error of the kernel's sum. In
 MobileNetV2's first block that error, multiplied by the batch norm folded into
 the kernel, moves the logit more than all later layers together.

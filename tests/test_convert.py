@@ -169,6 +169,11 @@ def test_train_convert_infer_chain(labelled_dataset, split_file, tmp_path):
     assert Path(int8["path"]).is_file()
     assert 0.0 <= int8["validation"]["overall"]["agreement"] <= 1.0
     assert report["calibration_images"] == 12
+    steps = int8["post_calibration"]
+    assert steps["images"] == 12
+    assert steps["weight_rounding"]["ops"] >= 4 and steps["bias_correction"]["ops"] >= 4
+    assert steps["range_tuning"]["images"] == 12
+    assert next(r for r in report["results"] if r["variant"] == "float32")["post_calibration"] is None
 
     inferred = _run("infer", "--model", int8["path"], "--json", labelled_dataset / "images")
     assert inferred.returncode == 0, inferred.stderr[-2000:]
@@ -181,6 +186,27 @@ def test_train_convert_infer_chain(labelled_dataset, split_file, tmp_path):
     assert card["provenance"]["calibration_images"] == 12
     assert len(card["provenance"]["calibration_ids_sha256"]) == 64
     assert card["threshold"]["chosen_on"].startswith("validation split")
+    assert card["provenance"]["post_calibration"] == steps
+
+
+def test_post_calibration_steps_can_be_switched_off(tiny_keras_model, labelled_dataset, split_file, tmp_path):
+    converted = _run(
+        "convert", tiny_keras_model, "--calibration", labelled_dataset, "--split-file", split_file,
+        "--output-dir", tmp_path, "--calibration-size", "8", "--variant", "int8", "--scaling", "0_1",
+        "--threshold", "0.5", "--no-weight-rounding", "--no-range-tuning", "--no-bias-correction", "--json",
+    )
+    assert converted.returncode == 0, converted.stderr[-2000:]
+    assert json.loads(converted.stdout)["results"][0]["post_calibration"] is None
+
+    only_bias = _run(
+        "convert", tiny_keras_model, "--calibration", labelled_dataset, "--split-file", split_file,
+        "--output-dir", tmp_path, "--calibration-size", "8", "--variant", "int8", "--scaling", "0_1",
+        "--threshold", "0.5", "--no-weight-rounding", "--no-range-tuning", "--correction-images", "5", "--json",
+    )
+    assert only_bias.returncode == 0, only_bias.stderr[-2000:]
+    steps = json.loads(only_bias.stdout)["results"][0]["post_calibration"]
+    assert set(steps) == {"images", "bias_correction"}
+    assert steps["images"] == 5 and steps["bias_correction"]["images"] == 5
 
 
 def test_drift_gate_exit_code(tiny_keras_model, labelled_dataset, split_file, tmp_path):

@@ -124,7 +124,7 @@ def _tensor_named(model_bytes: bytes, fragment: str) -> str:
     raise AssertionError(f"no op output named like {fragment!r}")
 
 
-def test_bias_correction_removes_the_shift_of_a_constant_channel():
+def test_bias_correction_removes_constant_channel_shift():
     from converters import flatbuffer_edit as fbe
     from converters.bias_correction import correct_biases
 
@@ -145,13 +145,15 @@ def test_bias_correction_removes_the_shift_of_a_constant_channel():
     assert np.abs(before).max() > 2 * scale, f"the fixture no longer shifts the projection: {before}"
     assert np.abs(after).max() < np.abs(before).max() / 3, (before, after)
     biased_ops = sum(fbe.biased_input(parsed, op) is not None for op in parsed.subgraphs[0].operators)
-    assert summary.ops == biased_ops >= 3 and summary.images == 16
+    assert biased_ops >= 3
+    assert summary.ops == biased_ops
+    assert summary.images == 16
     assert summary.largest_shift_steps > 2
     assert _op_signature(corrected) == _op_signature(int8)
     _assert_bias_scales_consistent(corrected)
 
 
-def test_best_fraction_clips_rare_outliers_and_keeps_dense_ranges():
+def test_best_fraction_clips_rare_outliers():
     from converters.activation_ranges import best_fraction
 
     rng = np.random.default_rng(4)
@@ -162,7 +164,7 @@ def test_best_fraction_clips_rare_outliers_and_keeps_dense_ranges():
     assert best_fraction(uniform, -1.0, 1.0) == 1.0
 
 
-def test_narrowed_range_keeps_bias_scales_consistent_and_lowers_rounding_error():
+def test_narrowed_range_rescales_biases():
     from converters import flatbuffer_edit as fbe
 
     model = _linear_model()
@@ -176,9 +178,10 @@ def test_narrowed_range_keeps_bias_scales_consistent_and_lowers_rounding_error()
     index = next(i for i, t in enumerate(graph.tensors) if t.name.decode() == linear)
     low, high = fbe.tensor_range(graph.tensors[index])
     reference = _intermediate(float32, linear, images)
-    # Half the range still holds every value the images produce, so only rounding changes.
+    # Half the range still contains every value the images produce, so only rounding changes.
     inner = 0.5
-    assert reference.min() > low * inner and reference.max() < high * inner, "the fixture's values no longer fit"
+    assert reference.min() > low * inner, "the fixture's values no longer fit in half the range"
+    assert reference.max() < high * inner, "the fixture's values no longer fit in half the range"
 
     fbe.set_tensor_range(parsed, index, low * inner, high * inner, fbe.consumers(parsed))
     tuned = fbe.write(parsed)
@@ -252,7 +255,7 @@ def _depthwise_model():
     return keras.Model(inputs, keras.layers.Dense(1, name="logit")(x), name="depthwise")
 
 
-def test_weight_rounding_lowers_the_output_error_on_flat_patches():
+def test_weight_rounding_on_flat_patches():
     from converters import flatbuffer_edit as fbe
     from converters.weight_rounding import round_weights
 
@@ -267,7 +270,8 @@ def test_weight_rounding_lowers_the_output_error_on_flat_patches():
     error_before = np.sqrt(np.mean((_intermediate(int8, depthwise, images[16:]) - reference) ** 2))
     error_after = np.sqrt(np.mean((_intermediate(rounded, depthwise, images[16:]) - reference) ** 2))
     assert error_after < error_before
-    assert summary.weights_changed > 0 and summary.error_ratio < 1.0
+    assert summary.weights_changed > 0
+    assert summary.error_ratio < 1.0
     assert _op_signature(rounded) == _op_signature(int8)
     # Every weight stays within one int8 step of its float value.
     before, after = fbe.read(int8), fbe.read(rounded)
