@@ -30,6 +30,10 @@ from edgefrac.errors import UsageError
 logger = logging.getLogger(__name__)
 
 _SWEEPS = 4
+# Layers with a larger fan-in keep nearest rounding: their second-moment matrix
+# grows with the square of the fan-in (the custom CNN's first dense layer reads
+# 32,768 values, which would need 8 GiB).
+MAX_FAN_IN = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +97,9 @@ def _layers(model, float_model) -> list[_Layer]:
         else:
             kernel = (1, 1)
             per_channel = weights.reshape(weights.shape[0], -1)
+        if per_channel.shape[1] > MAX_FAN_IN:
+            logger.info("weight rounding skips %s: fan-in %d is over %d", fbe.tensor_name(graph, op.outputs[0]), per_channel.shape[1], MAX_FAN_IN)
+            continue
         stride = (getattr(options, "strideH", 1) or 1, getattr(options, "strideW", 1) or 1)
         same = getattr(options, "padding", 0) == 0  # Padding.SAME
         if getattr(options, "dilationHFactor", 1) not in (0, 1) or getattr(options, "dilationWFactor", 1) not in (0, 1):

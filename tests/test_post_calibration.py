@@ -281,3 +281,18 @@ def test_weight_rounding_on_flat_patches():
         old = fbe.weight_values(before, op_before.inputs[1]).astype(int)
         new = fbe.weight_values(after, op_after.inputs[1]).astype(int)
         assert np.abs(new - old).max() <= 1
+
+
+def test_weight_rounding_skips_wide_layers(monkeypatch):
+    from converters import weight_rounding
+
+    model = _depthwise_model()
+    images = _smooth_images(8, seed=7)
+    int8, float32 = _conversions(model, images)
+    _, everything = weight_rounding.round_weights(int8, float32, images)
+    # The depthwise kernel reads 9 values and the dense layer 8, so only the 1x1 mixer (3) stays.
+    monkeypatch.setattr(weight_rounding, "MAX_FAN_IN", 4)
+    _, narrow_only = weight_rounding.round_weights(int8, float32, images)
+
+    assert everything.ops == 3
+    assert narrow_only.ops == 1
