@@ -232,10 +232,10 @@ def train(split_path: str | Path, output: str | Path, recipe: TrainingRecipe, da
     threshold = metrics.threshold_for_sensitivity(val_scores, val_labels, recipe.target_sensitivity)
     at_threshold = metrics.confusion(val_scores, val_labels, threshold)
     val_auc = metrics.roc_auc(val_scores, val_labels)
-    # A clone without the optimizer saves the weights only (Keras 3 saves the optimizer state of a
-    # compiled model, which triples the file size of the custom CNN).
-    inference_model = keras.models.clone_model(model)
-    inference_model.set_weights(model.get_weights())
+    # Keras 3 saves the optimizer state of a compiled model, which triples the custom CNN's file
+    # (Adam keeps two values per weight), and clone_model copies the compiled state. A functional
+    # model over the same layers is not compiled, so it saves the weights only.
+    inference_model = keras.Model(model.inputs, model.outputs, name=model.name)
     inference_model.save(output)
 
     record = {

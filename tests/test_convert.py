@@ -171,7 +171,8 @@ def test_train_convert_infer_chain(labelled_dataset, split_file, tmp_path):
     assert report["calibration_images"] == 12
     steps = int8["post_calibration"]
     assert steps["images"] == 12
-    assert steps["weight_rounding"]["ops"] >= 4 and steps["bias_correction"]["ops"] >= 4
+    assert steps["weight_rounding"]["ops"] >= 4
+    assert steps["bias_correction"]["ops"] >= 4
     assert steps["range_tuning"]["images"] == 12
     assert next(r for r in report["results"] if r["variant"] == "float32")["post_calibration"] is None
 
@@ -206,7 +207,8 @@ def test_post_calibration_steps_can_be_switched_off(tiny_keras_model, labelled_d
     assert only_bias.returncode == 0, only_bias.stderr[-2000:]
     steps = json.loads(only_bias.stdout)["results"][0]["post_calibration"]
     assert set(steps) == {"images", "bias_correction"}
-    assert steps["images"] == 5 and steps["bias_correction"]["images"] == 5
+    assert steps["images"] == 5
+    assert steps["bias_correction"]["images"] == 5
 
 
 def test_drift_gate_exit_code(tiny_keras_model, labelled_dataset, split_file, tmp_path):

@@ -296,3 +296,35 @@ def test_weight_rounding_skips_wide_layers(monkeypatch):
 
     assert everything.ops == 3
     assert narrow_only.ops == 1
+
+
+def test_shipped_mobilenet_logit_error_shrinks(fracatlas_dir):
+    """The three steps on the shipped MobileNetV2 and real radiographs, against plain calibration."""
+    import json
+    from pathlib import Path
+
+    from converters import calibration
+    from converters.post_calibration import PostCalibrationOptions, refine
+    from converters.split import read_split
+    from converters.tf import keras
+    from edgefrac.images import load_input
+    from edgefrac.preprocessing import PreprocessConfig
+
+    root = Path(__file__).resolve().parent.parent
+    record = json.loads((root / "models" / "mobilenetv2.json").read_text())
+    config = PreprocessConfig.from_dict(record["preprocessing"])
+    split = read_split(root / "models" / "fracatlas-split.json", fracatlas_dir)
+    representative = calibration.from_split(split, config, size=100, seed=0)
+    validation = split.subset("validation", decodable_only=True)[:40]
+    held_out = np.stack([load_input(split.path_of(entry), config) for entry in validation])
+    model = keras.models.load_model(root / "models" / "mobilenetv2.keras", compile=False)
+    int8, float32 = _conversions(model, representative.inputs)
+
+    refined, summary = refine(int8, float32, representative.inputs, PostCalibrationOptions(images=16))
+
+    reference = _outputs(float32, held_out)
+    plain_error = np.std(_outputs(int8, held_out) - reference)
+    refined_error = np.std(_outputs(refined, held_out) - reference)
+    assert summary["images"] == 16
+    assert summary["range_tuning"]["narrowed"] > 0
+    assert refined_error < 0.75 * plain_error, (plain_error, refined_error)

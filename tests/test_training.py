@@ -44,6 +44,17 @@ def test_train_writes_model(trained):
     assert model.is_file()
 
 
+def test_train_saves_no_optimizer_state(trained):
+    import zipfile
+
+    import h5py
+
+    model, *_ = trained
+    with zipfile.ZipFile(model) as archive, archive.open("model.weights.h5") as weights:
+        with h5py.File(weights, "r") as store:
+            assert "optimizer" not in store, sorted(store.keys())
+
+
 def test_train_writes_record(trained):
     model, *_ = trained
     record = json.loads(model.with_suffix(".json").read_text())
