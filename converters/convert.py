@@ -37,7 +37,7 @@ from edgefrac import drift, metrics
 from edgefrac.card import DecisionThreshold, OutputKind
 from edgefrac.classifier import FractureClassifier
 from edgefrac.dataset import file_sha256
-from edgefrac.errors import InputError, UsageError
+from edgefrac.errors import EdgefracError, InputError, UsageError
 from edgefrac.images import load_input
 from edgefrac.modelfile import LoadedModel, write_model_file
 from edgefrac.preprocessing import PreprocessConfig
@@ -239,10 +239,7 @@ def convert_keras_model(
         tflite = convert(model, variant, representative_inputs=representative.inputs, output_kind=output_kind)
         post_calibration = None
         if variant is Variant.INT8 and options.post_calibration.enabled:
-            reference_tflite = convert(model, Variant.FLOAT32, output_kind=output_kind)
-            tflite, post_calibration = refine(
-                tflite, reference_tflite, representative.inputs, options.post_calibration, seed=options.seed
-            )
+            tflite, post_calibration = _refine_int8(model, tflite, output_kind, representative, options)
         results.append(
             _finish_variant(
                 variant, tflite, output_kind, name, output_dir, config, record, scored,
@@ -263,6 +260,24 @@ def convert_keras_model(
     report_path.write_text(json.dumps(report.to_dict(), indent=1) + "\n", encoding="utf-8")
     logger.info("wrote %s", report_path)
     return report
+
+
+def _refine_int8(model, tflite: bytes, output_kind, representative, options: ConvertOptions) -> tuple[bytes, dict]:
+    """Run the post-calibration steps; on a graph they cannot handle, keep TFLite's calibration.
+
+    The steps are an optimization, so a model they do not support (for example
+    one whose float32 and int8 conversions differ in ops) still converts. The
+    report and the card record why the steps were skipped.
+    """
+    reference_tflite = convert(model, Variant.FLOAT32, output_kind=output_kind)
+    try:
+        return refine(tflite, reference_tflite, representative.inputs, options.post_calibration, seed=options.seed)
+    except (EdgefracError, ValueError, IndexError, KeyError, np.linalg.LinAlgError) as error:
+        logger.warning(
+            "post-calibration steps skipped, so the int8 model keeps TFLite's calibration: %s: %s",
+            type(error).__name__, error,
+        )
+        return tflite, {"skipped": f"{type(error).__name__}: {error}"}
 
 
 def _finish_variant(

@@ -227,3 +227,30 @@ def test_drift_gate_exit_code(tiny_keras_model, labelled_dataset, split_file, tm
 
     lenient = _run(*common, "--max-drift", "1")
     assert lenient.returncode == ExitCode.OK, lenient.stderr[-2000:]
+
+
+def test_post_calibration_failure_keeps_calibrated_model(
+    tiny_keras_model, labelled_dataset, split_file, tmp_path, monkeypatch, caplog
+):
+    from converters import convert as convert_module
+    from converters.convert import ConvertOptions, convert_keras_model
+    from converters.tflite import Variant
+    from edgefrac.errors import UsageError
+    from edgefrac.preprocessing import PreprocessConfig, ValueScaling
+
+    def unsupported(*arguments, **keywords):
+        raise UsageError("tensor 'x' has no counterpart in the float model")
+
+    monkeypatch.setattr(convert_module, "refine", unsupported)
+    options = ConvertOptions(
+        variants=(Variant.INT8,), calibration_size=8, threshold=0.5,
+        preprocessing=PreprocessConfig(height=32, width=32, scaling=ValueScaling.UNIT),
+    )
+    report = convert_keras_model(
+        tiny_keras_model, tmp_path, split_path=split_file, calibration_dir=labelled_dataset, options=options
+    )
+
+    int8 = report.result(Variant.INT8)
+    assert int8.path.is_file()
+    assert int8.post_calibration == {"skipped": "UsageError: tensor 'x' has no counterpart in the float model"}
+    assert "post-calibration steps skipped" in caplog.text
