@@ -94,6 +94,6 @@ def logit_model(model: keras.Model) -> keras.Model:
         layer = model.get_layer(LOGIT_LAYER)
     except ValueError:
         raise UsageError(
-            f"model {model.name} has no layer named {LOGIT_LAYER!r}; convert it with --output probability"
+            f"model {model.name} has no layer named {LOGIT_LAYER!r}; convert it with --output-kind probability"
         ) from None
     return keras.Model(model.inputs, layer.output, name=f"{model.name}_logit")

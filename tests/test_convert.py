@@ -173,7 +173,8 @@ def test_train_convert_infer_chain(labelled_dataset, split_file, tmp_path):
     assert steps["images"] == 12
     assert steps["weight_rounding"]["ops"] >= 4
     assert steps["bias_correction"]["ops"] >= 4
-    assert steps["range_tuning"]["images"] == 12
+    # Range tuning needs 16 images, and this run has 12.
+    assert steps["range_tuning"] == {"skipped": "12 images, fewer than 16"}
     assert next(r for r in report["results"] if r["variant"] == "float32")["post_calibration"] is None
 
     inferred = _run("infer", "--model", int8["path"], "--json", labelled_dataset / "images")

@@ -328,3 +328,16 @@ def test_shipped_mobilenet_logit_error_shrinks(fracatlas_dir):
     assert summary["images"] == 16
     assert summary["range_tuning"]["narrowed"] > 0
     assert refined_error < 0.75 * plain_error, (plain_error, refined_error)
+
+
+def test_range_tuning_skipped_on_few_images():
+    from converters.post_calibration import MIN_RANGE_TUNING_IMAGES, PostCalibrationOptions, refine
+
+    model = _linear_model()
+    images = np.random.default_rng(8).random((MIN_RANGE_TUNING_IMAGES - 1, SIZE, SIZE, 3), dtype=np.float32)
+    int8, float32 = _conversions(model, images)
+
+    refined, summary = refine(int8, float32, images, PostCalibrationOptions(weight_rounding=False, bias_correction=False))
+
+    assert "skipped" in summary["range_tuning"]
+    assert refined == int8

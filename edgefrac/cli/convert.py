@@ -82,7 +82,8 @@ def _print_table(report) -> None:
               help="After calibration, remove each int8 convolution's mean output error (measured against a float32 "
                    "conversion) from its bias.")
 @click.option("--correction-images", default=64, show_default=True, type=click.IntRange(min=1),
-              help="Representative images used by weight rounding, range tuning and bias correction.")
+              help="Representative images used by weight rounding, range tuning and bias correction. "
+                   "Range tuning is skipped below 16 images, because a few images understate the ranges.")
 @click.option("--seed", default=0, show_default=True, help="Seed for drawing the representative dataset.")
 @click.option("--json", "as_json", is_flag=True, help="Print the conversion report as JSON instead of a table.")
 def convert(model, calibration_dir, split_file, output_dir, name, variants, calibration_size, output_kind,
