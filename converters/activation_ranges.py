@@ -36,7 +36,7 @@ _SAMPLES_PER_IMAGE = 20_000
 
 @dataclasses.dataclass(frozen=True)
 class RangeTuning:
-    """How many activation ranges were narrowed, of how many candidates."""
+    """Summary of one range tuning: candidate tensors, tensors narrowed and images used."""
 
     candidates: int
     narrowed: int
@@ -64,7 +64,7 @@ def best_fraction(values: np.ndarray, low: float, high: float) -> float:
 def tune_activation_ranges(
     int8_model: bytes, float_model: bytes, inputs: np.ndarray, seed: int = 0
 ) -> tuple[bytes, RangeTuning]:
-    """Return ``int8_model`` with MSE-optimal ranges on its eligible activation tensors."""
+    """Give the eligible activation tensors of ``int8_model`` MSE-optimal ranges; return the new bytes and a summary."""
     model = fbe.read(int8_model)
     graph = model.subgraphs[0]
     consumers = fbe.consumers(model)

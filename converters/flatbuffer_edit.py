@@ -1,8 +1,8 @@
-"""Read, inspect and edit a TFLite flatbuffer's quantization parameters and int32 biases.
+"""Read, inspect and edit a TFLite flatbuffer's quantization parameters, int8 weights and int32 biases.
 
-The post-calibration steps (``converters.activation_ranges`` and
-``converters.bias_correction``) change numbers inside a converted int8 model
-and never its ops. TFLite's kernels compute their requantization multipliers
+The post-calibration steps (``converters.weight_rounding``,
+``converters.activation_ranges`` and ``converters.bias_correction``) change
+numbers inside a converted int8 model and never its ops. TFLite's kernels compute their requantization multipliers
 from the tensors' scales when the interpreter prepares the model, so a scale
 written here takes effect. Every bias must keep
 ``bias scale = input scale x weight scale``, and ``set_tensor_range`` keeps it.

@@ -30,15 +30,15 @@ from edgefrac.errors import UsageError
 logger = logging.getLogger(__name__)
 
 _SWEEPS = 4
-# Layers with a larger fan-in keep nearest rounding: their second-moment matrix
-# grows with the square of the fan-in (the custom CNN's first dense layer reads
-# 32,768 values, which would need 8 GiB).
+# Layers with a larger fan-in keep nearest rounding, because their second-moment
+# matrix grows with the square of the fan-in. The custom CNN's first dense layer
+# reads 32,768 values, so its float64 matrix would need 8 GiB.
 MAX_FAN_IN = 4096
 
 
 @dataclasses.dataclass(frozen=True)
 class WeightRounding:
-    """How many ops were re-rounded and how much the summed output error fell."""
+    """Summary of one weight rounding: ops re-rounded, images used, weights moved and the output error ratio."""
 
     ops: int
     images: int
@@ -98,13 +98,19 @@ def _layers(model, float_model) -> list[_Layer]:
             kernel = (1, 1)
             per_channel = weights.reshape(weights.shape[0], -1)
         if per_channel.shape[1] > MAX_FAN_IN:
-            logger.info("weight rounding skips %s: fan-in %d is over %d", fbe.tensor_name(graph, op.outputs[0]), per_channel.shape[1], MAX_FAN_IN)
+            logger.info(
+                "weight rounding skips %s: fan-in %d is over %d",
+                fbe.tensor_name(graph, op.outputs[0]), per_channel.shape[1], MAX_FAN_IN,
+            )
             continue
         stride = (getattr(options, "strideH", 1) or 1, getattr(options, "strideW", 1) or 1)
         same = getattr(options, "padding", 0) == 0  # Padding.SAME
         if getattr(options, "dilationHFactor", 1) not in (0, 1) or getattr(options, "dilationWFactor", 1) not in (0, 1):
             continue
-        layers.append(_Layer(index, kind, fbe.tensor_name(graph, op.inputs[0]), op.inputs[1], per_channel.astype(np.float64), kernel, stride, same))
+        input_name = fbe.tensor_name(graph, op.inputs[0])
+        layers.append(
+            _Layer(index, kind, input_name, op.inputs[1], per_channel.astype(np.float64), kernel, stride, same)
+        )
     return layers
 
 
@@ -141,7 +147,10 @@ def _accumulate(layer: _Layer, values: np.ndarray) -> None:
 
 
 def _round(weights: np.ndarray, scale: np.ndarray, moment: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Coordinate descent on r^T H r from nearest rounding; return the levels and both objectives."""
+    """Minimize r^T H r by coordinate descent from nearest rounding.
+
+    Returns the int8 levels and the objective before and after.
+    """
     levels = np.clip(np.rint(weights / scale[:, None]), -127, 127)
     residual = levels * scale[:, None] - weights
     gradient = np.einsum("ck,ckj->cj", residual, np.broadcast_to(moment, (len(weights), *moment.shape[1:])))
@@ -174,7 +183,7 @@ def _round(weights: np.ndarray, scale: np.ndarray, moment: np.ndarray) -> tuple[
 
 
 def round_weights(int8_model: bytes, float_model: bytes, inputs: np.ndarray) -> tuple[bytes, WeightRounding]:
-    """Return ``int8_model`` with its convolution and dense weights re-rounded, and a summary."""
+    """Re-round the convolution and dense weights of ``int8_model``; return the new bytes and a summary."""
     if len(inputs) == 0:
         raise UsageError("weight rounding needs at least one representative image")
     model = fbe.read(int8_model)
