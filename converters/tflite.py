@@ -36,10 +36,10 @@ class ConversionError(EdgefracError):
 
 
 def export_model(model: keras.Model, output_kind: OutputKind) -> keras.Model:
-    """Return the model to convert: the classifier or its logit head, with a trailing batch norm folded.
+    """Return the model to convert: the classifier or its logit head, with batch norms after ReLUs folded.
 
     The fold (``converters.folding``) computes the same function and keeps the
-    int8 tensors of the custom CNN's head balanced.
+    int8 tensors of the custom CNN balanced.
     """
     try:
         logit = architectures.logit_model(model)

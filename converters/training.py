@@ -52,6 +52,7 @@ class TrainingRecipe:
     augment: bool = True
     max_train_images: int | None = None
     time_budget_minutes: float | None = None
+    initial_model: str | None = None
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -177,6 +178,24 @@ def _fit(model, train, validation, epochs, recipe, class_weight, phase, history,
         history.append({"phase": phase, **{k: float(v) for k, v in zip(result.history, values)}})
 
 
+def _load_initial_weights(model, path: str | Path) -> dict:
+    """Copy the weights of the Keras model at ``path`` into ``model``; both must share one layout."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"initial model {path} not found: pass a .keras file written by edgefrac train")
+    initial = keras.models.load_model(path, compile=False)
+    ours = [w.shape for w in model.get_weights()]
+    theirs = [w.shape for w in initial.get_weights()]
+    if ours != theirs:
+        raise ValueError(
+            f"initial model {path} does not match the recipe: its weights have shapes {theirs[:4]}... "
+            f"where {ours[:4]}... are needed; pass the same --arch, --alpha and --resolution it was trained with"
+        )
+    model.set_weights(initial.get_weights())
+    logger.info("starting from the weights of %s", path)
+    return {"file": path.name, "sha256": file_sha256(path)}
+
+
 def predict_probabilities(model, pixels: np.ndarray, config: PreprocessConfig, batch_size: int = 64) -> np.ndarray:
     """Run a Keras model over uint8 pixels and return one probability per image."""
     scaled = config.scaling.apply(pixels)
@@ -209,12 +228,17 @@ def train(split_path: str | Path, output: str | Path, recipe: TrainingRecipe, da
     history: list[dict] = []
     deadline = started + 60.0 * recipe.time_budget_minutes if recipe.time_budget_minutes else None
 
+    initial = None
     if architecture is Architecture.CUSTOM_CNN:
         model = architectures.build_custom_cnn(config.height)
+        if recipe.initial_model:
+            initial = _load_initial_weights(model, recipe.initial_model)
         _compile(model, recipe.learning_rate)
         _fit(model, train_data, val_data, recipe.epochs, recipe, class_weight, "train", history, deadline)
     else:
         model, backbone = architectures.build_mobilenet_v2(config.height, alpha=recipe.alpha, weights=recipe.weights)
+        if recipe.initial_model:
+            initial = _load_initial_weights(model, recipe.initial_model)
         backbone.trainable = False
         _compile(model, recipe.learning_rate)
         _fit(model, train_data, val_data, recipe.epochs, recipe, class_weight, "head", history, deadline)
@@ -257,6 +281,7 @@ def train(split_path: str | Path, output: str | Path, recipe: TrainingRecipe, da
         "split_file_sha256": file_sha256(Path(split_path)),
         "split_ids_sha256": {name: split.ids_hash(split.subset(name)) for name in ("train", "validation", "test")},
         "recipe": recipe.to_dict(),
+        "initial_model": initial,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "training_seconds": round(time.monotonic() - started, 1),

@@ -1,4 +1,4 @@
-"""Folding a batch normalization after a ReLU dense layer keeps the function and balances int8 ranges."""
+"""Folding batch normalizations after ReLU layers keeps the function and balances int8 ranges."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def test_fold_keeps_logits():
     difference = np.abs(logit.predict(_inputs(1), verbose=0) - folded.predict(_inputs(1), verbose=0))
     assert difference.max() < 1e-3
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
-    assert len(folded.layers) == len(logit.layers) - 2
+    assert len(folded.layers) == len(logit.layers) - 1
 
 
 def test_fold_skips_negative_gains():
@@ -86,7 +86,7 @@ def test_export_probability_keeps_sigmoid():
 
     difference = np.abs(model.predict(_inputs(2), verbose=0) - exported.predict(_inputs(2), verbose=0))
     assert difference.max() < 1e-4
-    assert len(exported.layers) == len(model.layers) - 2
+    assert len(exported.layers) == len(model.layers) - 1
 
 
 def test_int8_folded_head_tracks_float():
@@ -117,3 +117,84 @@ def test_int8_folded_head_tracks_float():
     float_logits = architectures.logit_model(model).predict(samples, verbose=0).reshape(-1)
 
     assert np.corrcoef(float_logits, int8_logits)[0, 1] > 0.95
+
+
+def _conv_model(keras, negative_gain_block: int | None = None):
+    """The custom CNN at 32x32 with batch-norm statistics like a trained one: gains 0.05 to 30."""
+    from converters import architectures
+
+    keras.utils.set_random_seed(5)
+    model = architectures.build_custom_cnn(32)
+    rng = np.random.default_rng(1)
+    batchnorms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for block, layer in enumerate(batchnorms):
+        channels = layer.get_weights()[0].size
+        gamma = np.geomspace(0.05, 30.0, channels).astype(np.float32)
+        rng.shuffle(gamma)
+        if block == negative_gain_block:
+            gamma[0] = -gamma[0]
+        beta = rng.normal(0, 0.5, channels).astype(np.float32)
+        mean = np.abs(rng.normal(0, 0.3, channels)).astype(np.float32)
+        variance = rng.uniform(0.5, 2.0, channels).astype(np.float32)
+        layer.set_weights([gamma, beta, mean, variance])
+    return architectures.logit_model(model)
+
+
+def _conv_inputs(seed: int, count: int = 8) -> np.ndarray:
+    return np.random.default_rng(seed).random((count, 32, 32, 3), dtype=np.float32)
+
+
+def test_fold_conv_blocks_keeps_logits():
+    from converters.folding import fold_batchnorm_after_relu
+    from converters.tf import keras
+
+    logit = _conv_model(keras)
+    folded = fold_batchnorm_after_relu(logit)
+
+    expected = logit.predict(_conv_inputs(1), verbose=0)
+    difference = np.abs(expected - folded.predict(_conv_inputs(1), verbose=0))
+    assert difference.max() < 1e-3 * max(1.0, np.abs(expected).max())
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
+    # The offsets of blocks 1 and 2 stay as 1x1 depthwise layers because the next convolution
+    # pads with zeros. Block 3's offset moves into the dense bias, and the head's into the logit.
+    offsets = [layer for layer in folded.layers if isinstance(layer, keras.layers.DepthwiseConv2D)]
+    assert len(offsets) == 2
+    for layer in offsets:
+        kernel, _ = layer.get_weights()
+        assert np.all(kernel == 1.0)
+    # The original model is untouched, so folding it again gives the same result.
+    again = fold_batchnorm_after_relu(logit)
+    assert again is not logit
+    assert np.allclose(again.predict(_conv_inputs(1), verbose=0), folded.predict(_conv_inputs(1), verbose=0))
+
+
+def test_fold_conv_negative_gain_kept():
+    from converters.folding import fold_batchnorm_after_relu
+    from converters.tf import keras
+
+    logit = _conv_model(keras, negative_gain_block=1)
+    folded = fold_batchnorm_after_relu(logit)
+
+    expected = logit.predict(_conv_inputs(2), verbose=0)
+    difference = np.abs(expected - folded.predict(_conv_inputs(2), verbose=0))
+    assert difference.max() < 1e-3 * max(1.0, np.abs(expected).max())
+    batchnorms = [layer for layer in folded.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(batchnorms) == 1
+    assert np.any(batchnorms[0].get_weights()[0] < 0)
+
+
+def test_int8_folded_cnn_has_no_batchnorm_multiply():
+    # Unfolded, each batch normalization after a ReLU becomes an int8 MUL and ADD.
+    # After the fold, only the offsets that cannot move stay, as depthwise convolutions.
+    from converters import flatbuffer_edit
+    from converters.tf import keras
+    from converters.tflite import convert
+
+    logit = _conv_model(keras)
+    tflite = convert(logit, "int8", representative_inputs=_conv_inputs(3, 32), output_kind="logit")
+    model = flatbuffer_edit.read(tflite)
+    ops = [flatbuffer_edit.op_name(model, op) for op in model.subgraphs[0].operators]
+
+    assert "MUL" not in ops
+    assert ops.count("DEPTHWISE_CONV_2D") == 2
+    assert ops.count("CONV_2D") == 3
