@@ -25,6 +25,7 @@ from converters.split import read_split
 from converters.tf import keras, tf
 from edgefrac import metrics
 from edgefrac.dataset import file_sha256
+from edgefrac.errors import UsageError
 from edgefrac.preprocessing import PreprocessConfig
 
 logger = logging.getLogger(__name__)
@@ -182,12 +183,12 @@ def _load_initial_weights(model, path: str | Path) -> dict:
     """Copy the weights of the Keras model at ``path`` into ``model``; both must share one layout."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"initial model {path} not found: pass a .keras file written by edgefrac train")
+        raise UsageError(f"initial model {path} not found: pass a .keras file written by edgefrac train")
     initial = keras.models.load_model(path, compile=False)
     ours = [w.shape for w in model.get_weights()]
     theirs = [w.shape for w in initial.get_weights()]
     if ours != theirs:
-        raise ValueError(
+        raise UsageError(
             f"initial model {path} does not match the recipe: its weights have shapes {theirs[:4]}... "
             f"where {ours[:4]}... are needed; pass the same --arch, --alpha and --resolution it was trained with"
         )

@@ -154,6 +154,7 @@ def test_train_defaults_match_recipe():
         (["--arch", "mobilenetv2", "--weights", "/nonexistent/weights.h5"], "weight file /nonexistent/weights.h5 not found"),
         (["--arch", "cnn", "--weights", "imagenet"], "applies to --arch mobilenetv2 only"),
         (["--target-sensitivity", "1.5"], "invalid --target-sensitivity"),
+        (["--initial-model", "/nonexistent/start.keras"], "invalid --initial-model /nonexistent/start.keras"),
     ],
 )
 def test_train_usage_errors(labelled_split, tmp_path, extra, message):
@@ -162,6 +163,45 @@ def test_train_usage_errors(labelled_split, tmp_path, extra, message):
     result = CliRunner().invoke(main, arguments)
     assert result.exit_code == 2
     assert message in result.output
+
+
+def _conv_kernels(path):
+    from converters.tf import keras
+
+    model = keras.models.load_model(path, compile=False)
+    return [layer.get_weights()[0] for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+
+
+def test_train_initial_model_weights(trained, tmp_path):
+    from edgefrac.dataset import file_sha256
+
+    model, _, split_file, _ = trained
+    output = tmp_path / "continued.keras"
+    arguments = [
+        "train", "--split-file", str(split_file), "--output", str(output), "--resolution", "32",
+        "--epochs", "1", "--batch-size", "8", "--learning-rate", "0", "--initial-model", str(model),
+    ]
+    result = CliRunner().invoke(main, arguments)
+
+    assert result.exit_code == 0, result.output
+    record = json.loads(output.with_suffix(".json").read_text())
+    assert record["initial_model"] == {"file": model.name, "sha256": file_sha256(model)}
+    assert record["recipe"]["initial_model"] == str(model)
+    # At learning rate 0 the kernels stay those of the initial model.
+    for start, end in zip(_conv_kernels(model), _conv_kernels(output), strict=True):
+        assert np.array_equal(start, end)
+
+
+def test_train_initial_model_mismatch(trained, tmp_path):
+    model, _, split_file, _ = trained
+    arguments = [
+        "train", "--split-file", str(split_file), "--output", str(tmp_path / "m.keras"), "--resolution", "48",
+        "--epochs", "1", "--initial-model", str(model),
+    ]
+    result = CliRunner().invoke(main, arguments)
+
+    assert result.exit_code == 2
+    assert "does not match the recipe" in result.output
 
 
 def test_train_output_suffix(labelled_split, tmp_path):
