@@ -6,8 +6,12 @@ linear projection outputs (no ReLU after them) span about +-50 while their
 standard deviation is about 3, so one int8 step is about a sixth of a standard
 deviation and rounding noise grows through every later block.
 
-The candidates are tensors written by a convolution or an add and read only
-by ops that take their input scale from the tensor. For each, this module
+The candidates are tensors written by a convolution, a dense layer or an add
+and read only by ops that take their input scale from the tensor. Max pooling
+and reshaping keep the scale and zero point of their input, so a tensor read
+only through them counts too: the whole chain gets the new range. In the
+custom CNN each ReLU convolution feeds a max pooling, and the int8 tensors
+after the pooling span about 30 standard deviations. For each, this module
 samples the tensor's float values from a float32 model converted from the same
 graph (it has the same tensor names). It then picks the clipping range with
 the smallest mean squared quantization error and writes its scale and zero point. The int32 biases
@@ -28,7 +32,9 @@ logger = logging.getLogger(__name__)
 
 # Fractions of the calibrated range tried as clipping ranges.
 _FRACTIONS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2, 0.15, 0.1)
-_PRODUCERS = ("CONV_2D", "DEPTHWISE_CONV_2D", "ADD")
+_PRODUCERS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD")
+# Ops whose int8 output has the scale and zero point of their input.
+_SCALE_PRESERVING = ("MAX_POOL_2D", "RESHAPE")
 # Ops whose int8 kernels read the input tensor's own scale and zero point.
 _RESCALING_CONSUMERS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MEAN")
 _SAMPLES_PER_IMAGE = 20_000
@@ -61,6 +67,20 @@ def best_fraction(values: np.ndarray, low: float, high: float) -> float:
     return -min(errors)[1]
 
 
+def _scale_chain(model, consumers: dict[int, list[int]], tensor_index: int) -> list[int]:
+    """Return ``tensor_index`` and the tensors that share its quantization through scale-preserving ops."""
+    graph = model.subgraphs[0]
+    chain = [tensor_index]
+    while True:
+        readers = consumers.get(chain[-1], [])
+        if len(readers) != 1 or fbe.op_name(model, graph.operators[readers[0]]) not in _SCALE_PRESERVING:
+            return chain
+        following = graph.operators[readers[0]].outputs[0]
+        if fbe.tensor_range(graph.tensors[following]) != fbe.tensor_range(graph.tensors[chain[-1]]):
+            return chain
+        chain.append(following)
+
+
 def tune_activation_ranges(
     int8_model: bytes, float_model: bytes, inputs: np.ndarray, seed: int = 0
 ) -> tuple[bytes, RangeTuning]:
@@ -73,36 +93,42 @@ def tune_activation_ranges(
     for op in graph.operators:
         if fbe.op_name(model, op) not in _PRODUCERS:
             continue
-        tensor_index = op.outputs[0]
-        readers = consumers.get(tensor_index, [])
-        if tensor_index in outputs or not readers:
+        chain = _scale_chain(model, consumers, op.outputs[0])
+        readers = consumers.get(chain[-1], [])
+        if outputs.intersection(chain) or not readers:
             continue
         if any(fbe.op_name(model, graph.operators[r]) not in _RESCALING_CONSUMERS for r in readers):
             continue
-        candidates.append(tensor_index)
+        candidates.append(chain)
 
     reference = fbe.debug_interpreter(float_model)
     name_to_index = {d["name"]: d["index"] for d in reference.get_tensor_details()}
     rng = np.random.default_rng(seed)
-    samples: dict[int, list[np.ndarray]] = {t: [] for t in candidates}
+    # Every tensor of a chain is rounded on the same grid, so all of them are sampled.
+    samples: dict[int, list[np.ndarray]] = {chain[0]: [] for chain in candidates}
     for image in inputs:
         fbe.invoke(reference, image)
-        for tensor_index in candidates:
-            values = reference.get_tensor(name_to_index[fbe.tensor_name(graph, tensor_index)]).reshape(-1)
-            if values.size > _SAMPLES_PER_IMAGE:
-                values = values[rng.choice(values.size, _SAMPLES_PER_IMAGE, replace=False)]
-            samples[tensor_index].append(values.astype(np.float64))
+        for chain in candidates:
+            for position, tensor_index in enumerate(chain):
+                name = fbe.tensor_name(graph, tensor_index)
+                if position > 0 and name not in name_to_index:
+                    continue
+                values = reference.get_tensor(name_to_index[name]).reshape(-1)
+                if values.size > _SAMPLES_PER_IMAGE:
+                    values = values[rng.choice(values.size, _SAMPLES_PER_IMAGE, replace=False)]
+                samples[chain[0]].append(values.astype(np.float64))
 
     narrowed = 0
-    for tensor_index in candidates:
-        values = np.concatenate(samples[tensor_index])
-        low, high = fbe.tensor_range(graph.tensors[tensor_index])
+    for chain in candidates:
+        values = np.concatenate(samples[chain[0]])
+        low, high = fbe.tensor_range(graph.tensors[chain[0]])
         fraction = best_fraction(values, low, high)
         if fraction == 1.0:
             continue
-        fbe.set_tensor_range(model, tensor_index, low * fraction, high * fraction, consumers)
+        for tensor_index in chain:
+            fbe.set_tensor_range(model, tensor_index, low * fraction, high * fraction, consumers)
         narrowed += 1
-        logger.debug("%s: range [%.2f, %.2f] narrowed to x%.2f", fbe.tensor_name(graph, tensor_index), low, high, fraction)
+        logger.debug("%s: range [%.2f, %.2f] narrowed to x%.2f", fbe.tensor_name(graph, chain[0]), low, high, fraction)
     summary = RangeTuning(len(candidates), narrowed, len(inputs))
     logger.info("activation ranges: narrowed %d of %d tensors on %d images", narrowed, len(candidates), len(inputs))
     return fbe.write(model), summary

@@ -194,7 +194,21 @@ def _load_initial_weights(model, path: str | Path) -> dict:
         )
     model.set_weights(initial.get_weights())
     logger.info("starting from the weights of %s", path)
-    return {"file": path.name, "sha256": file_sha256(path)}
+    return describe_initial_model(path)
+
+
+def describe_initial_model(path: str | Path) -> dict:
+    """Describe a starting model for a training record: file, hash and, if recorded, how it was trained."""
+    path = Path(path)
+    description = {"file": path.name, "sha256": file_sha256(path)}
+    record = read_model_record(path)
+    if record is not None:
+        description["recipe"] = record.get("recipe")
+        description["epochs"] = len(record.get("history", []))
+        description["validation_auc"] = record.get("validation_auc")
+        description["training_seconds"] = record.get("training_seconds")
+        description["initial_model"] = record.get("initial_model")
+    return description
 
 
 def predict_probabilities(model, pixels: np.ndarray, config: PreprocessConfig, batch_size: int = 64) -> np.ndarray:

@@ -185,7 +185,11 @@ def test_train_initial_model_weights(trained, tmp_path):
 
     assert result.exit_code == 0, result.output
     record = json.loads(output.with_suffix(".json").read_text())
-    assert record["initial_model"] == {"file": model.name, "sha256": file_sha256(model)}
+    initial_record = json.loads(model.with_suffix(".json").read_text())
+    assert record["initial_model"]["file"] == model.name
+    assert record["initial_model"]["sha256"] == file_sha256(model)
+    assert record["initial_model"]["recipe"] == initial_record["recipe"]
+    assert record["initial_model"]["epochs"] == len(initial_record["history"])
     assert record["recipe"]["initial_model"] == str(model)
     # At learning rate 0 the kernels stay those of the initial model.
     for start, end in zip(_conv_kernels(model), _conv_kernels(output), strict=True):
