@@ -341,3 +341,70 @@ def test_range_tuning_skipped_on_few_images():
 
     assert "skipped" in summary["range_tuning"]
     assert refined == int8
+
+
+def _pooled_model():
+    """Two ReLU convolutions, each read through max pooling, then flatten and two dense layers."""
+    from converters.tf import keras
+
+    keras.utils.set_random_seed(13)
+    inputs = keras.Input(shape=(SIZE, SIZE, 3), name="image")
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="first")(inputs)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="second")(x)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(16, activation="relu", name="hidden")(x)
+    return keras.Model(inputs, keras.layers.Dense(1, name="logit")(x), name="pooled")
+
+
+def _quantization_chains(model_bytes: bytes) -> list[list[tuple[float, int]]]:
+    """Return, for each convolution and hidden dense op, the (scale, zero point) of its output
+    and of every tensor that max pooling and reshape ops derive from it."""
+    from converters import flatbuffer_edit as fbe
+
+    model = fbe.read(model_bytes)
+    graph = model.subgraphs[0]
+    readers = fbe.consumers(model)
+    chains = []
+    for op in graph.operators:
+        if fbe.op_name(model, op) not in ("CONV_2D", "FULLY_CONNECTED") or op.outputs[0] in graph.outputs:
+            continue
+        tensor = op.outputs[0]
+        chain = [tensor]
+        while len(readers.get(tensor, [])) == 1:
+            reader = graph.operators[readers[tensor][0]]
+            if fbe.op_name(model, reader) not in ("MAX_POOL_2D", "RESHAPE"):
+                break
+            tensor = reader.outputs[0]
+            chain.append(tensor)
+        chains.append([fbe.scale_and_zero_point(*fbe.tensor_range(graph.tensors[t])) for t in chain])
+    return chains
+
+
+def test_range_tuning_follows_max_pooling():
+    from converters.activation_ranges import tune_activation_ranges
+
+    model = _pooled_model()
+    rng = np.random.default_rng(6)
+    images = rng.random((24, SIZE, SIZE, 3), dtype=np.float32)
+    # Calibrating on brighter images widens every range, so tuning on these images narrows them.
+    int8, float32 = _conversions(model, images * 3.0)
+
+    tuned, summary = tune_activation_ranges(int8, float32, images)
+
+    before = _quantization_chains(int8)
+    after = _quantization_chains(tuned)
+    assert [len(chain) for chain in after] == [2, 3, 1]
+    assert summary.candidates == 3
+    assert summary.narrowed == 3
+    for old, new in zip(before, after, strict=True):
+        # Max pooling and reshape need their input's scale and zero point on their output.
+        assert len(set(new)) == 1, new
+        assert new[0][0] < old[0][0]
+    _assert_bias_scales_consistent(tuned)
+    assert _op_signature(tuned) == _op_signature(int8)
+    float_logits = _outputs(float32, images)
+    error_before = np.abs(_outputs(int8, images) - float_logits).mean()
+    error_after = np.abs(_outputs(tuned, images) - float_logits).mean()
+    assert error_after < error_before
