@@ -10,8 +10,8 @@ The candidates are tensors written by a convolution, a dense layer or an add
 and read only by ops that take their input scale from the tensor. Max pooling
 and reshaping keep the scale and zero point of their input, so a tensor read
 only through them counts too: the whole chain gets the new range. In the
-custom CNN each ReLU convolution feeds a max pooling, and the tensors
-after the pooling span 19 to 31 standard deviations. For each, this module
+custom CNN each ReLU convolution feeds a max pooling, and the calibrated
+ranges after the pooling are 19 to 31 standard deviations wide. For each, this module
 samples the tensor's float values from a float32 model converted from the same
 graph (it has the same tensor names). It then picks the clipping range with
 the smallest mean squared quantization error and writes its scale and zero point. The int32 biases
