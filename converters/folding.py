@@ -131,6 +131,9 @@ def fold_batchnorm_after_relu(model: keras.Model) -> keras.Model:
         if offset is not None and not isinstance(layer, _OFFSET_PASSES):
             weights = _absorb_offset(layer, offset)
             if weights is None:
+                if len(x.shape) != 4:
+                    logger.info("no layer can take the offset of a batch normalization before %s; not folding", layer.name)
+                    return model
                 channels = int(x.shape[-1])
                 offset_layer, offset_weights = _offset_layer(channels, offset, f"{layer.name}_input_offset")
                 x = offset_layer(x)

@@ -198,3 +198,18 @@ def test_int8_folded_cnn_has_no_batchnorm_multiply():
     assert "MUL" not in ops
     assert ops.count("DEPTHWISE_CONV_2D") == 2
     assert ops.count("CONV_2D") == 3
+
+
+def test_fold_skips_offset_without_bias():
+    # The offset of a dense batch norm needs the next layer's bias. Without one there is no
+    # place for it, so the model converts unfolded.
+    from converters.folding import fold_batchnorm_after_relu
+    from converters.tf import keras
+
+    inputs = keras.Input(shape=(8, 8, 3))
+    x = keras.layers.Flatten()(inputs)
+    x = keras.layers.Dense(16, activation="relu")(x)
+    x = keras.layers.BatchNormalization()(x)
+    model = keras.Model(inputs, keras.layers.Dense(1, use_bias=False, name="logit")(x))
+
+    assert fold_batchnorm_after_relu(model) is model
