@@ -79,7 +79,13 @@ def _relu_batchnorm_gain(layer, batchnorm) -> tuple[np.ndarray, np.ndarray] | No
     rank = len(batchnorm.input.shape)
     if not layer.use_bias or np.ravel(batchnorm.axis).tolist() not in ([-1], [rank - 1]):
         return None
-    gamma, beta, mean, variance = (np.asarray(w, dtype=np.float64) for w in batchnorm.get_weights())
+    if getattr(layer, "data_format", "channels_last") != "channels_last":
+        return None
+    mean = np.asarray(batchnorm.moving_mean, dtype=np.float64)
+    variance = np.asarray(batchnorm.moving_variance, dtype=np.float64)
+    # With scale=False or center=False, Keras keeps no gamma or beta: they are 1 and 0.
+    gamma = np.asarray(batchnorm.gamma, dtype=np.float64) if batchnorm.scale else np.ones_like(mean)
+    beta = np.asarray(batchnorm.beta, dtype=np.float64) if batchnorm.center else np.zeros_like(mean)
     gain = gamma / np.sqrt(variance + batchnorm.epsilon)
     if np.any(gain <= 0):
         logger.info("batch normalization %s has non-positive gains; not folding it", batchnorm.name)
@@ -103,7 +109,7 @@ def _absorb_offset(layer, offset: np.ndarray) -> list[np.ndarray] | None:
     kernel, bias = (np.asarray(w, dtype=np.float64) for w in layer.get_weights())
     if isinstance(layer, keras.layers.Dense):
         return [kernel, bias + offset @ kernel]
-    if type(layer) is keras.layers.Conv2D and layer.padding == "valid":
+    if type(layer) is keras.layers.Conv2D and layer.padding == "valid" and layer.groups == 1:
         # Without padding, every output position covers the whole kernel over the constant input.
         return [kernel, bias + np.einsum("hwio,i->o", kernel, offset)]
     return None
@@ -119,7 +125,17 @@ def fold_batchnorm_after_relu(model: keras.Model) -> keras.Model:
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     if not _is_chain(model, layers) or not any(isinstance(layer, keras.layers.BatchNormalization) for layer in layers):
         return model
+    if any(size is None for size in model.inputs[0].shape[1:]):
+        return model
+    try:
+        return _fold(model, layers)
+    except (ValueError, TypeError) as error:
+        logger.warning("folding batch normalization failed, so %s converts unfolded: %s", model.name, error)
+        return model
 
+
+def _fold(model: keras.Model, layers: list) -> keras.Model:
+    names = {layer.name for layer in layers}
     x = model.inputs[0]
     inputs = x
     offset = None
@@ -135,7 +151,11 @@ def fold_batchnorm_after_relu(model: keras.Model) -> keras.Model:
                     logger.info("no layer can take the offset of a batch normalization before %s; not folding", layer.name)
                     return model
                 channels = int(x.shape[-1])
-                offset_layer, offset_weights = _offset_layer(channels, offset, f"{layer.name}_input_offset")
+                name = f"{layer.name}_input_offset"
+                while name in names:
+                    name += "_"
+                names.add(name)
+                offset_layer, offset_weights = _offset_layer(channels, offset, name)
                 x = offset_layer(x)
                 offset_layer.set_weights([np.asarray(w, dtype=np.float32) for w in offset_weights])
             else:

@@ -213,3 +213,54 @@ def test_fold_skips_offset_without_bias():
     model = keras.Model(inputs, keras.layers.Dense(1, use_bias=False, name="logit")(x))
 
     assert fold_batchnorm_after_relu(model) is model
+
+
+def _odd_chain(case: str):
+    from converters.tf import keras
+
+    layers = keras.layers
+    keras.utils.set_random_seed(17)
+    if case == "dynamic size":
+        inputs = keras.Input(shape=(None, None, 3))
+    elif case == "channels first":
+        inputs = keras.Input(shape=(3, 16, 16))
+    else:
+        inputs = keras.Input(shape=(16, 16, 4))
+    if case == "channels first":
+        x = layers.Conv2D(4, 3, activation="relu", data_format="channels_first")(inputs)
+        x = layers.BatchNormalization(axis=-1)(x)
+    else:
+        x = layers.Conv2D(4, 3, activation="relu", name="c1")(inputs)
+        x = layers.BatchNormalization(center=case != "no center", scale=case != "no scale")(x)
+    if case == "grouped valid":
+        x = layers.Conv2D(4, 3, groups=2)(x)
+    elif case == "name clash":
+        x = layers.Dropout(0.1, name="c2_input_offset")(x)
+        x = layers.Conv2D(4, 3, padding="same", name="c2")(x)
+    elif case == "dynamic size":
+        return keras.Model(inputs, layers.Conv2D(1, 3, name="logit")(x))
+    return keras.Model(inputs, layers.Dense(1, name="logit")(layers.Flatten()(x)))
+
+
+@pytest.mark.parametrize(
+    "case", ["no center", "no scale", "grouped valid", "name clash", "channels first", "dynamic size"]
+)
+def test_fold_odd_chains(case):
+    # Each of these once raised inside the fold. Now each folds to the same function or stays as it is.
+    from converters.folding import fold_batchnorm_after_relu
+    from converters.tf import keras
+
+    model = _odd_chain(case)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            channels = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(np.random.default_rng(2).normal(0, 0.5, channels).astype(np.float32))
+    folded = fold_batchnorm_after_relu(model)
+
+    if case in ("channels first", "dynamic size"):
+        assert folded is model
+        return
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
+    sample = np.random.default_rng(3).random((2, *model.inputs[0].shape[1:]), dtype=np.float32)
+    expected = model.predict(sample, verbose=0)
+    assert np.abs(expected - folded.predict(sample, verbose=0)).max() < 1e-3 * max(1.0, np.abs(expected).max())
