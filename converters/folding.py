@@ -21,8 +21,8 @@ depthwise convolution with unit kernel and the offset as bias, placed after
 the pooling where the tensor is smallest.
 
 The result computes the same function with one int8 rounding fewer per batch
-normalization. Only single-input chains built from the layer types below are
-changed. The folded model is checked against the original on random inputs.
+normalization. Only single-input chains of channels-last layers, built from
+the layer types below, are changed. The folded model is checked against the original on random inputs.
 Any other model, and any batch normalization with a non-positive gain, is
 left as it is.
 """

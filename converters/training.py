@@ -179,19 +179,40 @@ def _fit(model, train, validation, epochs, recipe, class_weight, phase, history,
         history.append({"phase": phase, **{k: float(v) for k, v in zip(result.history, values)}})
 
 
-def _load_initial_weights(model, path: str | Path) -> dict:
-    """Copy the weights of the Keras model at ``path`` into ``model``; both must share one layout."""
+def _read_initial_model(path: str | Path, config: PreprocessConfig):
+    """Load the Keras model at ``path`` and check that it takes this run's input size."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"initial model {path} not found: pass a .keras file written by edgefrac train")
-    initial = keras.models.load_model(path, compile=False)
-    ours = [w.shape for w in model.get_weights()]
-    theirs = [w.shape for w in initial.get_weights()]
-    if ours != theirs:
+    try:
+        initial = keras.models.load_model(path, compile=False)
+    except (ValueError, OSError, KeyError, TypeError) as error:
         raise UsageError(
-            f"initial model {path} does not match the recipe: its weights have shapes {theirs[:4]}... "
-            f"where {ours[:4]}... are needed; pass the same --arch, --alpha and --resolution it was trained with"
+            f"invalid initial model {path}: not a readable Keras model ({error}); pass a .keras file written by edgefrac train"
+        ) from None
+    shape = tuple(initial.inputs[0].shape[1:])
+    if shape != (config.height, config.width, 3):
+        raise UsageError(
+            f"initial model {path} takes {shape[0]}x{shape[1]} inputs but this run trains at "
+            f"{config.height}x{config.width}; pass --resolution {shape[0]} with the --arch and --alpha it was trained with"
         )
+    return initial
+
+
+def _load_initial_weights(model, initial, path: str | Path) -> dict:
+    """Copy the weights of the loaded ``initial`` model into ``model``; both must share one layout."""
+    if len(model.weights) != len(initial.weights):
+        raise UsageError(
+            f"initial model {path} does not match the recipe: it has {len(initial.weights)} weight tensors where "
+            f"{len(model.weights)} are needed; pass the same --arch, --alpha and --resolution it was trained with"
+        )
+    for ours, theirs in zip(model.weights, initial.weights):
+        if tuple(ours.shape) != tuple(theirs.shape):
+            raise UsageError(
+                f"initial model {path} does not match the recipe: its weight {theirs.path} has shape "
+                f"{tuple(theirs.shape)} where {ours.path} needs {tuple(ours.shape)}; "
+                "pass the same --arch, --alpha and --resolution it was trained with"
+            )
     model.set_weights(initial.get_weights())
     logger.info("starting from the weights of %s", path)
     return describe_initial_model(path)
@@ -201,8 +222,12 @@ def describe_initial_model(path: str | Path) -> dict:
     """Describe a starting model for a training record: file, hash and, if recorded, how it was trained."""
     path = Path(path)
     description = {"file": path.name, "sha256": file_sha256(path)}
-    record = read_model_record(path)
-    if record is not None:
+    try:
+        record = read_model_record(path)
+    except (ValueError, OSError) as error:
+        logger.warning("training record of %s not readable, so the record names the file only: %s", path, error)
+        record = None
+    if isinstance(record, dict):
         description["recipe"] = record.get("recipe")
         description["epochs"] = len(record.get("history", []))
         description["validation_auc"] = record.get("validation_auc")
@@ -226,6 +251,8 @@ def train(split_path: str | Path, output: str | Path, recipe: TrainingRecipe, da
     split = read_split(split_path, data_root)
     architecture = Architecture(recipe.architecture)
     config = architectures.preprocess_config(architecture, recipe.resolution)
+    # Checked before the images are decoded, so a wrong file fails at once.
+    initial_model = _read_initial_model(recipe.initial_model, config) if recipe.initial_model else None
 
     train_entries = split.subset("train", decodable_only=True)
     left_out = len(split.subset("train")) - len(train_entries)
@@ -246,14 +273,14 @@ def train(split_path: str | Path, output: str | Path, recipe: TrainingRecipe, da
     initial = None
     if architecture is Architecture.CUSTOM_CNN:
         model = architectures.build_custom_cnn(config.height)
-        if recipe.initial_model:
-            initial = _load_initial_weights(model, recipe.initial_model)
+        if initial_model is not None:
+            initial = _load_initial_weights(model, initial_model, recipe.initial_model)
         _compile(model, recipe.learning_rate)
         _fit(model, train_data, val_data, recipe.epochs, recipe, class_weight, "train", history, deadline)
     else:
         model, backbone = architectures.build_mobilenet_v2(config.height, alpha=recipe.alpha, weights=recipe.weights)
-        if recipe.initial_model:
-            initial = _load_initial_weights(model, recipe.initial_model)
+        if initial_model is not None:
+            initial = _load_initial_weights(model, initial_model, recipe.initial_model)
         backbone.trainable = False
         _compile(model, recipe.learning_rate)
         _fit(model, train_data, val_data, recipe.epochs, recipe, class_weight, "head", history, deadline)

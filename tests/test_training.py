@@ -205,7 +205,51 @@ def test_train_initial_model_mismatch(trained, tmp_path):
     result = CliRunner().invoke(main, arguments)
 
     assert result.exit_code == 2
-    assert "does not match the recipe" in result.output
+    assert "takes 32x32 inputs but this run trains at 48x48; pass --resolution 32" in result.output
+
+
+def test_train_initial_model_not_keras(labelled_split, tmp_path):
+    _, split_file = labelled_split
+    junk = tmp_path / "junk.keras"
+    junk.write_text("not a model")
+    arguments = ["train", "--split-file", str(split_file), "--output", str(tmp_path / "m.keras"), "--initial-model", str(junk)]
+    result = CliRunner().invoke(main, arguments)
+
+    assert result.exit_code == 2
+    assert f"invalid initial model {junk}: not a readable Keras model" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_initial_weights_name_the_mismatch():
+    from converters import architectures
+    from converters.training import _load_initial_weights
+    from edgefrac.errors import UsageError
+
+    ours = architectures.build_custom_cnn(32)
+    theirs = architectures.build_custom_cnn(48)
+    with pytest.raises(UsageError, match=r"has shape \(4608, 256\) where .* needs \(2048, 256\)"):
+        _load_initial_weights(ours, theirs, "theirs.keras")
+
+
+def test_train_initial_model_broken_record(trained, tmp_path):
+    import shutil
+
+    from edgefrac.dataset import file_sha256
+
+    model, _, split_file, _ = trained
+    start = tmp_path / "start.keras"
+    shutil.copy(model, start)
+    start.with_suffix(".json").write_text("{not json")
+    output = tmp_path / "continued.keras"
+    arguments = [
+        "train", "--split-file", str(split_file), "--output", str(output), "--resolution", "32",
+        "--epochs", "1", "--batch-size", "8", "--initial-model", str(start),
+    ]
+    result = CliRunner().invoke(main, arguments)
+
+    assert result.exit_code == 0, result.output
+    record = json.loads(output.with_suffix(".json").read_text())
+    assert record["initial_model"] == {"file": "start.keras", "sha256": file_sha256(start)}
 
 
 def test_train_output_suffix(labelled_split, tmp_path):
