@@ -22,9 +22,9 @@ the pooling where the tensor is smallest.
 
 The result computes the same function with one int8 rounding fewer per batch
 normalization. Only single-input chains of channels-last layers, built from
-the layer types below, are changed. The folded model is checked against the original on random inputs.
-Any other model, and any batch normalization with a non-positive gain, is
-left as it is.
+the layer types below, are changed. The folded model is checked against the
+original on random inputs. Any other model, and any batch normalization with a
+non-positive gain, is left as it is.
 """
 
 from __future__ import annotations
