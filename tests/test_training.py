@@ -154,7 +154,8 @@ def test_train_defaults_match_recipe():
         (["--arch", "mobilenetv2", "--weights", "/nonexistent/weights.h5"], "weight file /nonexistent/weights.h5 not found"),
         (["--arch", "cnn", "--weights", "imagenet"], "applies to --arch mobilenetv2 only"),
         (["--target-sensitivity", "1.5"], "invalid --target-sensitivity"),
-        (["--initial-model", "/nonexistent/start.keras"], "invalid --initial-model /nonexistent/start.keras"),
+        (["--initial-model", "/nonexistent/start.keras"], "invalid --initial-model '/nonexistent/start.keras'"),
+        (["--initial-model", ""], "invalid --initial-model '': file not found"),
     ],
 )
 def test_train_usage_errors(labelled_split, tmp_path, extra, message):

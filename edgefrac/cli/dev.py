@@ -170,7 +170,7 @@ def resolve_weights(weights: str, architecture: str) -> str | None:
 )
 @click.option("--no-augment", is_flag=True, help="Train without flips, rotation, zoom and contrast changes.")
 @click.option(
-    "--initial-model", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    "--initial-model", type=click.Path(dir_okay=False), default=None,
     help="Start from the weights of this .keras model (same --arch, --alpha and --resolution) "
     "to continue an earlier run, for example at a lower learning rate.",
 )
@@ -195,7 +195,7 @@ def train(
     time_budget_minutes: float | None,
     log_file: Path | None,
     no_augment: bool,
-    initial_model: Path | None,
+    initial_model: str | None,
 ) -> None:
     """Train a classifier on the training split and choose its threshold on the validation split.
 
@@ -208,8 +208,8 @@ def train(
     if not 0.0 < target_sensitivity <= 1.0:
         raise UsageError(f"invalid --target-sensitivity {target_sensitivity}: expected a value in (0, 1]")
     starting_weights = resolve_weights(weights, architecture)
-    if initial_model is not None and not initial_model.is_file():
-        raise UsageError(f"invalid --initial-model {initial_model}: file not found; pass a .keras file from edgefrac train")
+    if initial_model is not None and not Path(initial_model).is_file():
+        raise UsageError(f"invalid --initial-model {initial_model!r}: file not found; pass a .keras file from edgefrac train")
 
     from converters.training import TrainingRecipe, model_record_path
     from converters.training import train as train_model
@@ -231,7 +231,7 @@ def train(
         augment=not no_augment,
         max_train_images=max_train_images,
         time_budget_minutes=time_budget_minutes,
-        initial_model=str(initial_model) if initial_model else None,
+        initial_model=initial_model,
     )
     with progress_logging(log_file):
         record = train_model(split_file, output, recipe, data_root=data)
