@@ -246,7 +246,7 @@ def _odd_chain(case: str):
     "case", ["no center", "no scale", "grouped valid", "name clash", "channels first", "dynamic size"]
 )
 def test_fold_odd_chains(case):
-    # Each of these once raised inside the fold. Now each folds to the same function or stays as it is.
+    # Each case either folds to the same function or is left as it is, and none raises.
     from converters.folding import fold_batchnorm_after_relu
     from converters.tf import keras
 

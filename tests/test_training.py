@@ -221,7 +221,7 @@ def test_train_initial_model_not_keras(labelled_split, tmp_path):
     assert "Traceback" not in result.output
 
 
-def test_initial_weights_name_the_mismatch():
+def test_initial_weights_mismatch_named():
     from converters import architectures
     from converters.training import _load_initial_weights
     from edgefrac.errors import UsageError
