@@ -1,7 +1,9 @@
 """``edgefrac convert``: Keras model -> float32, float16 and int8 model files with drift checks.
 
 Steps: read the Keras model and its training record, draw the representative
-dataset from training images, convert each variant, refine the int8 model
+dataset from training images, scale up the stem's low ReLU6 channels
+(``converters.relu6_scaling``; ``converters.tflite`` also folds and merges
+layers), convert each variant, refine the int8 model
 against a float32 conversion (``converters.post_calibration``), score the
 validation (and test) split with Keras and with each converted model through
 the device runtime, re-tune the int8 threshold on the int8 outputs, and write
@@ -28,6 +30,7 @@ import numpy as np
 
 from converters import calibration
 from converters.post_calibration import PostCalibrationOptions, refine
+from converters.relu6_scaling import scale_relu6_channels
 from converters.cards import card_for_model
 from converters.split import Split, read_split
 from converters.tf import keras, tf
@@ -73,6 +76,7 @@ class VariantResult:
     validation: drift.DriftReport | None
     test: drift.DriftReport | None
     post_calibration: dict | None = None
+    relu6_scaling: dict | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -81,6 +85,7 @@ class VariantResult:
             "bytes": self.bytes,
             "sha256": self.sha256,
             "threshold": self.threshold,
+            "relu6_scaling": self.relu6_scaling,
             "post_calibration": self.post_calibration,
             "validation": self.validation.to_dict() if self.validation else None,
             "test": self.test.to_dict() if self.test else None,
@@ -232,19 +237,22 @@ def convert_keras_model(
         subset, reference = scored["validation"]
         reference_threshold = metrics.threshold_for_sensitivity(reference, subset.labels, target_sensitivity)
 
+    # The same function with finer int8 levels in the stem; every variant converts it, so the
+    # float32 reference of the post-calibration steps has the same graph as the int8 model.
+    conversion_model, scaling = scale_relu6_channels(model, representative.inputs)
     results = []
     for variant in options.variants:
         variant = Variant(variant)
         output_kind = options.output_kind if variant is Variant.INT8 else OutputKind.PROBABILITY
-        tflite = convert(model, variant, representative_inputs=representative.inputs, output_kind=output_kind)
+        tflite = convert(conversion_model, variant, representative_inputs=representative.inputs, output_kind=output_kind)
         post_calibration = None
         if variant is Variant.INT8 and options.post_calibration.enabled:
-            tflite, post_calibration = _refine_int8(model, tflite, output_kind, representative, options)
+            tflite, post_calibration = _refine_int8(conversion_model, tflite, output_kind, representative, options)
         results.append(
             _finish_variant(
                 variant, tflite, output_kind, name, output_dir, config, record, scored,
                 reference_threshold, target_sensitivity, representative, source_sha256, model_path, split_path,
-                post_calibration,
+                post_calibration, scaling.to_dict() if variant is Variant.INT8 else None,
             )
         )
     report = ConversionReport(
@@ -283,7 +291,7 @@ def _refine_int8(model, tflite: bytes, output_kind, representative, options: Con
 def _finish_variant(
     variant, tflite, output_kind, name, output_dir, config, record, scored,
     reference_threshold, target_sensitivity, representative, source_sha256, model_path, split_path,
-    post_calibration=None,
+    post_calibration=None, relu6_scaling=None,
 ) -> VariantResult:
     provenance = {
         "source_model": model_path.name,
@@ -292,6 +300,7 @@ def _finish_variant(
         "quantization": variant.value,
         "calibration_images": len(representative) if variant is Variant.INT8 else 0,
         "calibration_ids_sha256": representative.ids_sha256 if variant is Variant.INT8 else None,
+        "relu6_scaling": relu6_scaling,
         "post_calibration": post_calibration,
         "split_file_sha256": file_sha256(Path(split_path)) if split_path else None,
         "training": {k: record[k] for k in ("architecture", "recipe", "validation_auc") if k in record},
@@ -352,4 +361,5 @@ def _finish_variant(
         validation=reports.get("validation"),
         test=reports.get("test"),
         post_calibration=post_calibration,
+        relu6_scaling=relu6_scaling,
     )
