@@ -29,6 +29,22 @@ def is_functional(layer) -> bool:
     return isinstance(layer, keras.Model) and hasattr(layer, "_nodes_by_depth") and hasattr(layer, "_run_through_graph")
 
 
+def rewritable(model) -> bool:
+    """Return whether the rewrites handle ``model``: functional, one input of static size, one output tensor."""
+    if not is_functional(model) or len(model.inputs) != 1 or len(model.outputs) != 1:
+        return False
+    return not isinstance(model.output, (dict, list, tuple)) and None not in tuple(model.inputs[0].shape[1:])
+
+
+def layers_in_call_order(model: keras.Model) -> Iterator[tuple[keras.Model, object]]:
+    """Yield ``(functional model, layer)`` in graph order, a nested model's layers where it is called."""
+    for layer in model.layers:
+        if is_functional(layer):
+            yield from layers_in_call_order(layer)
+        else:
+            yield model, layer
+
+
 def functional_models(model: keras.Model) -> Iterator[keras.Model]:
     """Yield ``model`` and every functional model nested in it, outermost first."""
     if not is_functional(model):
@@ -82,16 +98,21 @@ def rebuild(model: keras.Model, replace: Callable[[object], Callable | None]) ->
     """
     def operation_fn(operation):
         if is_functional(operation):
-            return lambda *args, **kwargs: operation._run_through_graph(args[0], operation_fn=operation_fn)
+            return lambda *args, **kwargs: operation._run_through_graph(_first(args, kwargs), operation_fn=operation_fn)
         replacement = replace(operation)
         if replacement is not None:
-            return lambda *args, **kwargs: replacement(args[0])
+            return lambda *args, **kwargs: replacement(_first(args, kwargs))
         return lambda *args, **kwargs: _copy_call(operation, args, kwargs)
 
     source = model.inputs[0]
     image = keras.Input(shape=tuple(source.shape[1:]), dtype=source.dtype, name=source.name)
     outputs = model._run_through_graph(image, operation_fn=operation_fn)
     return keras.Model(image, outputs, name=model.name)
+
+
+def _first(args, kwargs):
+    """Return the tensor a layer was called on, positionally or as ``inputs=``."""
+    return args[0] if args else kwargs["inputs"]
 
 
 def _copy_call(layer, args, kwargs):
@@ -109,7 +130,7 @@ def run_recording(model: keras.Model, inputs: np.ndarray, layers: list, batch_si
 
     def operation_fn(operation):
         if is_functional(operation):
-            return lambda *args, **kwargs: operation._run_through_graph(args[0], operation_fn=operation_fn)
+            return lambda *args, **kwargs: operation._run_through_graph(_first(args, kwargs), operation_fn=operation_fn)
         if id(operation) not in wanted:
             return operation
 

@@ -92,27 +92,27 @@ def _is_projection(layer) -> bool:
 def find_sites(model: keras.Model) -> list[_Site]:
     """Return the batch normalization -> ReLU6 -> convolution chains of the stem of ``model``.
 
-    Layers are visited in graph order, nested models where they are called;
-    the stem ends at the first linear projection.
+    Layers are visited in graph order, a nested model's layers where it is
+    called; the stem ends at the first linear projection.
     """
     sites: list[_Site] = []
-    for functional in graph.functional_models(model):
-        nodes = graph.Graph.of(functional)
-        for layer in functional.layers:
-            if _is_projection(layer):
-                return sites
-            if type(layer) is not keras.layers.BatchNormalization or not (layer.scale and layer.center):
-                continue
-            if np.ravel(layer.axis).tolist() not in ([-1], [len(layer.input.shape) - 1]):
-                continue
-            relu = nodes.only_reader(layer)
-            if relu is None or not _is_relu6(relu):
-                continue
-            reader = nodes.only_reader(relu)
-            if type(reader) is keras.layers.ZeroPadding2D and reader.data_format == "channels_last":
-                reader = nodes.only_reader(reader)
-            if reader is not None and _is_scalable_reader(reader):
-                sites.append(_Site(layer, relu, reader))
+    graphs: dict[int, graph.Graph] = {}
+    for functional, layer in graph.layers_in_call_order(model):
+        if _is_projection(layer):
+            break
+        if type(layer) is not keras.layers.BatchNormalization or not (layer.scale and layer.center):
+            continue
+        if np.ravel(layer.axis).tolist() not in ([-1], [len(layer.input.shape) - 1]):
+            continue
+        nodes = graphs.setdefault(id(functional), graph.Graph.of(functional))
+        relu = nodes.only_reader(layer)
+        if relu is None or not _is_relu6(relu):
+            continue
+        reader = nodes.only_reader(relu)
+        if type(reader) is keras.layers.ZeroPadding2D and reader.data_format == "channels_last":
+            reader = nodes.only_reader(reader)
+        if reader is not None and _is_scalable_reader(reader):
+            sites.append(_Site(layer, relu, reader))
     return sites
 
 
@@ -146,12 +146,16 @@ def scale_relu6_channels(model: keras.Model, inputs: np.ndarray) -> tuple[keras.
 
     ``inputs`` are preprocessed representative images; without any, or on a graph without the pattern, ``model`` is returned unchanged.
     """
-    if len(getattr(model, "inputs", None) or []) != 1 or len(inputs) == 0:
+    if not graph.rewritable(model) or len(inputs) == 0:
         return model, ScalingSummary()
     sites = find_sites(model)
     if not sites:
         return model, ScalingSummary()
-    maxima = graph.run_recording(model, inputs, [site.relu for site in sites])
+    try:
+        maxima = graph.run_recording(model, inputs, [site.relu for site in sites])
+    except Exception as error:  # noqa: BLE001 - an optimization; a graph it cannot run converts unscaled
+        logger.warning("ReLU6 channel scaling failed, so %s converts without it: %s: %s", model.name, type(error).__name__, error)
+        return model, ScalingSummary()
     replacements: dict[int, object] = {}
     channels, largest, tensors = 0, 1.0, []
     for site in sites:
@@ -168,10 +172,10 @@ def scale_relu6_channels(model: keras.Model, inputs: np.ndarray) -> tuple[keras.
         return model, ScalingSummary()
     try:
         result = graph.rebuild(model, lambda layer: replacements.get(id(layer)))
-    except (ValueError, TypeError, KeyError) as error:
-        logger.warning("ReLU6 channel scaling failed, so %s converts without it: %s", model.name, error)
+        difference = graph.same_function(model, result, inputs[: min(len(inputs), 16)])
+    except Exception as error:  # noqa: BLE001 - an optimization; any layer Keras cannot copy ends it
+        logger.warning("ReLU6 channel scaling failed, so %s converts without it: %s: %s", model.name, type(error).__name__, error)
         return model, ScalingSummary()
-    difference = graph.same_function(model, result, inputs[: min(len(inputs), 16)])
     if difference > graph.CHECK_TOLERANCE:
         logger.warning(
             "ReLU6 channel scaling changed the outputs of %s on representative images by %.3g; "

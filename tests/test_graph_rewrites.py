@@ -193,3 +193,99 @@ def test_scaling_leaves_a_model_without_relu6_unchanged(tiny_keras_model):
 
     assert same is model
     assert summary.tensors == 0
+
+
+def _pointwise_head(keras, x):
+    from converters import architectures
+
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.layers.Dense(1, name=architectures.LOGIT_LAYER)(x)
+
+
+def test_merge_chain_of_three_merges_one_pair():
+    from converters.pointwise_merge import merge_pointwise_pairs
+    from converters.tf import keras
+
+    image = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Conv2D(4, 1, name="a")(image)
+    x = keras.layers.Conv2D(4, 1, name="b")(x)
+    x = keras.layers.Conv2D(4, 1, name="c")(x)
+    model = keras.Model(image, _pointwise_head(keras, x))
+    merged = merge_pointwise_pairs(model)
+
+    assert merged is not model
+    assert "b_merged" in _layer_names(merged)
+    assert "c" in _layer_names(merged)
+    inputs = _inputs(6, 4)
+    np.testing.assert_allclose(merged.predict(inputs, verbose=0), model.predict(inputs, verbose=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["two_outputs", "dict_output", "keyword_call", "unserializable_layer", "shared_layer"])
+def test_merge_odd_graphs_keep_the_model(case):
+    from converters.pointwise_merge import merge_pointwise_pairs
+    from converters.tf import keras
+
+    class Doubler(keras.layers.Layer):
+        def __init__(self, function, **kwargs):  # a callable argument: Keras cannot serialize it
+            super().__init__(**kwargs)
+            self.function = function
+
+        def call(self, x):
+            return self.function(x)
+
+    image = keras.Input((SIZE, SIZE, 3))
+    x = image
+    if case == "unserializable_layer":
+        x = Doubler(lambda t: t * 2.0)(x)
+    if case == "shared_layer":
+        shared = keras.layers.Dense(3)
+        x = shared(shared(x))
+    x = keras.layers.Conv2D(4, 1)(x)
+    x = keras.layers.Conv2D(6, 1)(inputs=x) if case == "keyword_call" else keras.layers.Conv2D(6, 1)(x)
+    logit = _pointwise_head(keras, x)
+    outputs = {"two_outputs": [logit, x], "dict_output": {"logit": logit, "map": x}}.get(case, logit)
+    model = keras.Model(image, outputs)
+
+    result = merge_pointwise_pairs(model)
+    inputs = _inputs(7, 2)
+    expected = model.predict(inputs, verbose=0)
+    actual = result.predict(inputs, verbose=0)
+    if isinstance(expected, dict):
+        expected, actual = expected["logit"], actual["logit"]
+    elif isinstance(expected, list):
+        expected, actual = expected[0], actual[0]
+    np.testing.assert_allclose(actual, expected, atol=1e-5)
+
+
+def test_convert_dynamic_input_size_names_the_shape():
+    from converters.tf import keras
+    from converters.tflite import convert
+    from edgefrac.errors import UsageError
+
+    image = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, 1)(image)
+    x = keras.layers.Conv2D(6, 1)(x)
+    model = keras.Model(image, _pointwise_head(keras, x))
+
+    with pytest.raises(UsageError, match="not static"):
+        convert(model, "int8", representative_inputs=_inputs(8, 2), output_kind="logit")
+
+
+def test_scaling_stem_follows_call_order_into_nested_models():
+    from converters.relu6_scaling import find_sites
+    from converters.tf import keras
+
+    inner_input = keras.Input((SIZE, SIZE, 3))
+    y = keras.layers.Conv2D(4, 3, padding="same", use_bias=False)(inner_input)
+    y = keras.layers.BatchNormalization(name="inner_bn")(y)
+    y = keras.layers.ReLU(6.0)(y)
+    y = keras.layers.DepthwiseConv2D(3, padding="same", name="inner_depthwise")(y)
+    backbone = keras.Model(inner_input, y, name="inner")
+    image = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Conv2D(4, 1, name="outer_projection")(backbone(image))
+    x = keras.layers.BatchNormalization(name="outer_bn")(x)
+    x = keras.layers.ReLU(6.0)(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same")(x)
+    model = keras.Model(image, _pointwise_head(keras, x))
+
+    assert [site.batchnorm.name for site in find_sites(model)] == ["inner_bn"]

@@ -34,7 +34,8 @@ def _constant_channel_model():
     weights, project_bias = project.get_weights()
     weights[0, 0, 2, :] = 40.0
     project.set_weights([weights, project_bias])
-    y = keras.layers.Conv2D(4, 1, activation="relu", name="expand")(y)
+    # A 3x3 reader, so converters.pointwise_merge leaves the projection's output in the graph.
+    y = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="expand")(y)
     y = keras.layers.GlobalAveragePooling2D()(y)
     return keras.Model(inputs, keras.layers.Dense(1, name="logit")(y), name="constant_channel")
 
