@@ -237,7 +237,7 @@ def convert_keras_model(
         subset, reference = scored["validation"]
         reference_threshold = metrics.threshold_for_sensitivity(reference, subset.labels, target_sensitivity)
 
-    # The same function with finer int8 levels in the stem; every variant converts it, so the
+    # The same function with finer int8 levels in the stem. Every variant converts it, so the
     # float32 reference of the post-calibration steps has the same graph as the int8 model.
     conversion_model, scaling = scale_relu6_channels(model, representative.inputs)
     results = []

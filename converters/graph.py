@@ -88,11 +88,11 @@ class Graph:
 
 
 def rebuild(model: keras.Model, replace: Callable[[object], Callable | None]) -> keras.Model:
-    """Return a flat copy of ``model`` in which each layer ``replace`` maps to a callable is replaced.
+    """Return a flat copy of ``model`` with some layers replaced.
 
-    ``replace(layer)`` returns the callable to use instead of ``layer`` (for
-    example ``lambda x: x`` to drop it), or None to keep the layer. Nested
-    functional models are inlined. Kept layers are copied with their weights,
+    ``replace(layer)`` returns the callable to use instead of ``layer``, or
+    None to keep it. A replacement of ``lambda x: x`` drops the layer. Nested functional models
+    are inlined. Kept layers are copied with their weights,
     so each layer of the result belongs to its graph alone (``layer.output``
     of a layer shared between two models names the first model's tensor).
     """
@@ -116,6 +116,7 @@ def _first(args, kwargs):
 
 
 def _copy_call(layer, args, kwargs):
+    """Call a new copy of ``layer``, with its weights, on the same arguments."""
     twin = layer.__class__.from_config(layer.get_config())
     kwargs.pop("training", None)
     output = twin(*args, **kwargs)
@@ -125,13 +126,13 @@ def _copy_call(layer, args, kwargs):
 
 def run_recording(model: keras.Model, inputs: np.ndarray, layers: list, batch_size: int = 16) -> dict[int, np.ndarray]:
     """Run ``model`` on ``inputs``; return each listed layer's per-channel maximum output, keyed by id(layer)."""
-    wanted = {id(layer) for layer in layers}
+    recorded_ids = {id(layer) for layer in layers}
     maxima: dict[int, np.ndarray] = {}
 
     def operation_fn(operation):
         if is_functional(operation):
             return lambda *args, **kwargs: operation._run_through_graph(_first(args, kwargs), operation_fn=operation_fn)
-        if id(operation) not in wanted:
+        if id(operation) not in recorded_ids:
             return operation
 
         def recorded(*args, **kwargs):

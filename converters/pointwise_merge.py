@@ -79,8 +79,8 @@ def find_pairs(model: keras.Model) -> list[PointwisePair]:
             cout = reader.kernel.shape[3]
             if cin * cout > MAX_WORK_RATIO * (cin * middle + middle * cout):
                 logger.info(
-                    "not merging %s into %s: %dx%d weights instead of %d", layer.name, reader.name,
-                    cin, cout, cin * middle + middle * cout,
+                    "not merging %s into %s: the merged layer would have %d weights against %d for the pair",
+                    layer.name, reader.name, cin * cout, cin * middle + middle * cout,
                 )
                 continue
             if id(reader) in used:
@@ -116,7 +116,7 @@ def merge_pointwise_pairs(model: keras.Model, check_inputs: np.ndarray | None = 
     """Return ``model`` with each mergeable pointwise pair merged; see the module docstring.
 
     The result is checked against ``model`` on ``check_inputs`` (random
-    inputs when None); if it differs, or the graph cannot be rebuilt, ``model``
+    inputs when None). If it differs, or the graph cannot be rebuilt, ``model``
     is returned unchanged.
     """
     if not graph.rewritable(model):
@@ -157,7 +157,6 @@ def merge_pointwise_pairs(model: keras.Model, check_inputs: np.ndarray | None = 
             model.name, difference,
         )
         return model
-    logger.info(
-        "merged %s", ", ".join(f"{p.first.name} into {p.second.name}" for p in pairs)
-    )
+    merged_names = ", ".join(f"{pair.first.name} into {pair.second.name}" for pair in pairs)
+    logger.info("merged %s", merged_names)
     return result

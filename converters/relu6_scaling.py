@@ -93,7 +93,7 @@ def find_sites(model: keras.Model) -> list[_Site]:
     """Return the batch normalization -> ReLU6 -> convolution chains of the stem of ``model``.
 
     Layers are visited in graph order, a nested model's layers where it is
-    called; the stem ends at the first linear projection.
+    called. The stem ends at the first linear projection.
     """
     sites: list[_Site] = []
     graphs: dict[int, graph.Graph] = {}
@@ -117,7 +117,7 @@ def find_sites(model: keras.Model) -> list[_Site]:
 
 
 def channel_factors(maxima: np.ndarray) -> np.ndarray:
-    """Return each channel's factor ``6 / max``, within [1, 64]; a channel that is never positive keeps 1."""
+    """Return each channel's factor ``6 / max``, limited to [1, 64]. A channel that is never positive keeps 1."""
     maxima = np.asarray(maxima, dtype=np.float64)
     factors = np.ones_like(maxima)
     live = maxima > 0
@@ -141,10 +141,17 @@ def _scaled_layers(site: _Site, factors: np.ndarray) -> tuple[object, object]:
     return batchnorm, _clone(site.reader, weights)
 
 
+def _warn_failed(model: keras.Model, error: Exception) -> None:
+    logger.warning(
+        "ReLU6 channel scaling failed, so %s converts without it: %s: %s", model.name, type(error).__name__, error
+    )
+
+
 def scale_relu6_channels(model: keras.Model, inputs: np.ndarray) -> tuple[keras.Model, ScalingSummary]:
     """Return ``model`` with its low ReLU6 channels scaled up (see the module docstring) and a summary.
 
-    ``inputs`` are preprocessed representative images; without any, or on a graph without the pattern, ``model`` is returned unchanged.
+    ``inputs`` are preprocessed representative images. Without any, or on a
+    graph without the pattern, ``model`` is returned unchanged.
     """
     if not graph.rewritable(model) or len(inputs) == 0:
         return model, ScalingSummary()
@@ -154,7 +161,7 @@ def scale_relu6_channels(model: keras.Model, inputs: np.ndarray) -> tuple[keras.
     try:
         maxima = graph.run_recording(model, inputs, [site.relu for site in sites])
     except Exception as error:  # noqa: BLE001 - an optimization; a graph it cannot run converts unscaled
-        logger.warning("ReLU6 channel scaling failed, so %s converts without it: %s: %s", model.name, type(error).__name__, error)
+        _warn_failed(model, error)
         return model, ScalingSummary()
     replacements: dict[int, object] = {}
     channels, largest, tensors = 0, 1.0, []
@@ -174,7 +181,7 @@ def scale_relu6_channels(model: keras.Model, inputs: np.ndarray) -> tuple[keras.
         result = graph.rebuild(model, lambda layer: replacements.get(id(layer)))
         difference = graph.same_function(model, result, inputs[: min(len(inputs), 16)])
     except Exception as error:  # noqa: BLE001 - an optimization; any layer Keras cannot copy ends it
-        logger.warning("ReLU6 channel scaling failed, so %s converts without it: %s: %s", model.name, type(error).__name__, error)
+        _warn_failed(model, error)
         return model, ScalingSummary()
     if difference > graph.CHECK_TOLERANCE:
         logger.warning(

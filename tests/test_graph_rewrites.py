@@ -1,4 +1,4 @@
-"""Pointwise merging and stem ReLU6 scaling keep the function and lower the int8 error."""
+"""Pointwise merging and stem ReLU6 scaling keep the function and skip graphs they cannot handle."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def _layer_names(model) -> list[str]:
     return [layer.name for functional in graph.functional_models(model) for layer in functional.layers]
 
 
-def test_merge_finds_the_projection_expansion_pair():
+def test_merge_finds_projection_expansion_pair():
     from converters.pointwise_merge import find_pairs
     from converters.tf import keras
 
@@ -95,7 +95,7 @@ def test_merge_finds_the_projection_expansion_pair():
     assert [(p.first.name, p.batchnorm.name, p.second.name) for p in pairs] == [("project", "project_bn", "expand")]
 
 
-def test_merge_keeps_outputs_and_removes_the_tensor():
+def test_merge_keeps_outputs_drops_tensor():
     from converters.pointwise_merge import merge_pointwise_pairs
     from converters.tf import keras
 
@@ -110,7 +110,7 @@ def test_merge_keeps_outputs_and_removes_the_tensor():
     np.testing.assert_allclose(merged.predict(inputs, verbose=0), model.predict(inputs, verbose=0), atol=1e-5)
 
 
-def test_merge_skips_a_projection_read_twice():
+def test_merge_skips_shared_projection():
     from converters.pointwise_merge import find_pairs, merge_pointwise_pairs
     from converters.tf import keras
 
@@ -164,7 +164,7 @@ def test_scaling_covers_the_stem_only():
     ]
 
 
-def test_scaling_keeps_outputs_on_the_representative_images():
+def test_scaling_keeps_representative_outputs():
     from converters.relu6_scaling import scale_relu6_channels
     from converters.tf import keras
 
@@ -184,7 +184,7 @@ def test_scaling_keeps_outputs_on_the_representative_images():
     np.testing.assert_allclose(after.max(axis=(0, 1, 2))[low], 6.0, rtol=1e-4)
 
 
-def test_scaling_leaves_a_model_without_relu6_unchanged(tiny_keras_model):
+def test_scaling_skips_model_without_relu6(tiny_keras_model):
     from converters.relu6_scaling import scale_relu6_channels
     from converters.tf import keras
 
@@ -202,7 +202,7 @@ def _pointwise_head(keras, x):
     return keras.layers.Dense(1, name=architectures.LOGIT_LAYER)(x)
 
 
-def test_merge_chain_of_three_merges_one_pair():
+def test_merge_chain_of_three():
     from converters.pointwise_merge import merge_pointwise_pairs
     from converters.tf import keras
 
@@ -221,7 +221,7 @@ def test_merge_chain_of_three_merges_one_pair():
 
 
 @pytest.mark.parametrize("case", ["two_outputs", "dict_output", "keyword_call", "unserializable_layer", "shared_layer"])
-def test_merge_odd_graphs_keep_the_model(case):
+def test_merge_odd_graphs_keep_outputs(case):
     from converters.pointwise_merge import merge_pointwise_pairs
     from converters.tf import keras
 
@@ -257,7 +257,7 @@ def test_merge_odd_graphs_keep_the_model(case):
     np.testing.assert_allclose(actual, expected, atol=1e-5)
 
 
-def test_convert_dynamic_input_size_names_the_shape():
+def test_convert_dynamic_input_rejected():
     from converters.tf import keras
     from converters.tflite import convert
     from edgefrac.errors import UsageError
@@ -271,7 +271,7 @@ def test_convert_dynamic_input_size_names_the_shape():
         convert(model, "int8", representative_inputs=_inputs(8, 2), output_kind="logit")
 
 
-def test_scaling_stem_follows_call_order_into_nested_models():
+def test_scaling_stem_in_nested_model():
     from converters.relu6_scaling import find_sites
     from converters.tf import keras
 
