@@ -4,6 +4,12 @@ Both models score the same images; each decides at its own threshold. The
 report gives decision agreement, the change in AUC, sensitivity and
 specificity, the size of the probability changes, the images whose decision
 flipped, and the same figures for each group (class, body region).
+
+Agreement alone shows little of how close two models are, because it also
+depends on how many images score near the threshold. So each summary also gives the
+standard deviation of the logit difference and the number of reference scores
+that lie within one such standard deviation of the reference threshold, the
+decisions a difference of typical size can reach.
 """
 
 from __future__ import annotations
@@ -32,6 +38,10 @@ class DriftSummary:
     max_abs_delta_p: float
     mean_abs_delta_p: float
     flipped: int
+    logit_delta_std: float
+    """Standard deviation of the candidate's logit minus the reference's."""
+    near_threshold: int
+    """Reference scores within ``logit_delta_std`` of the reference threshold, in logit units."""
 
     @property
     def delta_auc(self) -> float:
@@ -91,10 +101,24 @@ def _json_number(value):
     return value
 
 
+# Probabilities are kept this far from 0 and 1 before taking logits, so a
+# sigmoid output quantized to exactly 0 or 1 still has a finite logit.
+_PROBABILITY_CLIP = 1e-7
+
+
+def logit(probabilities) -> np.ndarray:
+    """Return the log-odds of ``probabilities``, clipped to [1e-7, 1 - 1e-7] first."""
+    clipped = np.clip(np.asarray(probabilities, dtype=np.float64), _PROBABILITY_CLIP, 1.0 - _PROBABILITY_CLIP)
+    return np.log(clipped) - np.log1p(-clipped)
+
+
 def _summary(labels, reference, candidate, reference_threshold, candidate_threshold) -> DriftSummary:
     reference_decisions = reference >= reference_threshold
     candidate_decisions = candidate >= candidate_threshold
     delta = np.abs(candidate - reference)
+    logit_delta = logit(candidate) - logit(reference)
+    logit_delta_std = float(logit_delta.std()) if logit_delta.size else math.nan
+    distance = np.abs(logit(reference) - logit(reference_threshold))
     reference_confusion = metrics.confusion(reference, labels, reference_threshold)
     candidate_confusion = metrics.confusion(candidate, labels, candidate_threshold)
     return DriftSummary(
@@ -109,6 +133,8 @@ def _summary(labels, reference, candidate, reference_threshold, candidate_thresh
         max_abs_delta_p=float(delta.max()) if delta.size else math.nan,
         mean_abs_delta_p=float(delta.mean()) if delta.size else math.nan,
         flipped=int(np.sum(reference_decisions != candidate_decisions)),
+        logit_delta_std=logit_delta_std,
+        near_threshold=int(np.sum(distance <= logit_delta_std)) if logit_delta.size else 0,
     )
 
 

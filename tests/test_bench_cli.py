@@ -144,6 +144,7 @@ def test_drift_against_itself_zero(brightness_models, labelled_folder):
     assert drift["overall"]["agreement"] == 1.0
     assert drift["overall"]["flipped"] == 0
     assert drift["overall"]["max_abs_delta_p"] == 0.0
+    assert drift["overall"]["logit_delta_std"] == 0.0
     assert drift["overall"]["delta_auc"] == 0.0
     assert drift["flipped_ids"] == []
     assert drift["reference"]["threshold_source"] == "reference model card"
@@ -155,6 +156,7 @@ def test_drift_int8_against_float(brightness_models, labelled_folder):
         "--reference", str(brightness_models["float32_card"]),
     )["drift"]
     assert drift["overall"]["max_abs_delta_p"] > 0.0
+    assert drift["overall"]["logit_delta_std"] > 0.0
     assert drift["overall"]["flipped"] == 0
 
 

@@ -168,6 +168,8 @@ def test_train_convert_infer_chain(labelled_dataset, split_file, tmp_path):
     int8 = next(r for r in report["results"] if r["variant"] == "int8")
     assert Path(int8["path"]).is_file()
     assert 0.0 <= int8["validation"]["overall"]["agreement"] <= 1.0
+    assert int8["validation"]["overall"]["logit_delta_std"] > 0.0
+    assert 0 <= int8["validation"]["overall"]["near_threshold"] <= int8["validation"]["overall"]["images"]
     assert report["calibration_images"] == 12
     steps = int8["post_calibration"]
     assert steps["images"] == 12

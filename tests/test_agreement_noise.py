@@ -1,0 +1,76 @@
+"""tools/agreement_noise.py: agreement of a simulated noisy copy of a model's logits."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow", reason="tools/agreement_noise.py imports the converters (the convert extra)")
+
+
+def _load_tool():
+    path = Path(__file__).resolve().parents[1] / "tools" / "agreement_noise.py"
+    spec = importlib.util.spec_from_file_location("agreement_noise", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tool():
+    return _load_tool()
+
+
+def _splits(rng):
+    logits, labels = {}, {}
+    for name, size in (("validation", 400), ("test", 400)):
+        labels[name] = (rng.random(size) < 0.2).astype(np.int64)
+        logits[name] = rng.normal(0.0, 1.5, size) + 2.0 * labels[name] - 1.0
+    return logits, labels
+
+
+def _threshold_for(logits, labels, target):
+    positives = np.sort(logits[labels == 1])[::-1]
+    needed = int(np.ceil(target * positives.size))
+    return float(1.0 / (1.0 + np.exp(-positives[needed - 1])))
+
+
+def test_noiseless_copy_agrees_everywhere(tool):
+    rng = np.random.default_rng(0)
+    logits, labels = _splits(rng)
+    threshold = _threshold_for(logits["validation"], labels["validation"], 0.9)
+    agreement = tool.simulate(logits, labels, threshold, 0.9, 0.0, 0.0, 5, rng)
+    assert all(np.all(values == 1.0) for values in agreement.values())
+
+
+def test_agreement_falls_with_noise(tool):
+    rng = np.random.default_rng(1)
+    logits, labels = _splits(rng)
+    threshold = _threshold_for(logits["validation"], labels["validation"], 0.9)
+    small = tool.simulate(logits, labels, threshold, 0.9, 0.05, 0.0, 40, rng)
+    large = tool.simulate(logits, labels, threshold, 0.9, 0.5, 0.0, 40, rng)
+    for name in ("validation", "test"):
+        assert small[name].mean() > large[name].mean() + 0.03
+        assert 0.5 < large[name].mean() < 0.99
+
+
+def test_retuned_threshold_keeps_target_sensitivity(tool, monkeypatch):
+    rng = np.random.default_rng(2)
+    logits, labels = _splits(rng)
+    threshold = _threshold_for(logits["validation"], labels["validation"], 0.9)
+    chosen = []
+    original = tool.retune_threshold
+
+    def recording(probabilities, split_labels, decisions, target):
+        value = original(probabilities, split_labels, decisions, target)
+        chosen.append((probabilities, split_labels, value))
+        return value
+
+    monkeypatch.setattr(tool, "retune_threshold", recording)
+    tool.simulate(logits, labels, threshold, 0.9, 0.3, 0.0833, 10, rng)
+    assert len(chosen) == 10
+    for probabilities, split_labels, value in chosen:
+        assert (probabilities[split_labels == 1] >= value).mean() >= 0.9

@@ -1,0 +1,99 @@
+"""Drift figures between a reference and a candidate model: agreement, logit spread, images near the threshold."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from edgefrac import drift
+from edgefrac.errors import UsageError
+
+
+def _sigmoid(values):
+    return 1.0 / (1.0 + np.exp(-np.asarray(values, dtype=np.float64)))
+
+
+def _compare(reference_logits, candidate_logits, labels, threshold_logit=0.0, candidate_threshold_logit=None):
+    ids = [f"img{i}" for i in range(len(labels))]
+    candidate_threshold_logit = threshold_logit if candidate_threshold_logit is None else candidate_threshold_logit
+    return drift.compare(
+        ids, labels, _sigmoid(reference_logits), float(_sigmoid(threshold_logit)),
+        _sigmoid(candidate_logits), float(_sigmoid(candidate_threshold_logit)),
+    )
+
+
+def test_logit_delta_std_is_the_spread_of_the_logit_difference():
+    rng = np.random.default_rng(3)
+    reference = rng.normal(0.0, 2.0, 400)
+    noise = rng.normal(0.05, 0.2, 400)
+    labels = (reference > 0).astype(int)
+    summary = _compare(reference, reference + noise, labels).overall
+    assert summary.logit_delta_std == pytest.approx(noise.std(), abs=1e-6)
+
+
+def test_near_threshold_counts_reference_scores_within_one_logit_spread():
+    # Noise of alternating sign and size 0.3 has a standard deviation of 0.3.
+    reference = np.array([-2.0, -0.31, -0.29, -0.1, 0.0, 0.2, 0.29, 0.5, 3.0, 5.0])
+    noise = np.array([0.3, -0.3] * 5)
+    labels = np.array([0, 0, 0, 0, 1, 0, 1, 1, 1, 1])
+    summary = _compare(reference, reference + noise, labels).overall
+    assert summary.logit_delta_std == pytest.approx(0.3)
+    # -0.29, -0.1, 0.0, 0.2 and 0.29 lie within 0.3 of the threshold logit 0.
+    assert summary.near_threshold == 5
+
+
+def test_near_threshold_follows_the_reference_threshold():
+    reference = np.array([-1.0, -0.9, 1.02, 1.1, 1.18, 3.0])
+    noise = np.array([0.1, -0.1] * 3)
+    labels = np.array([0, 0, 1, 1, 1, 1])
+    assert _compare(reference, reference + noise, labels, threshold_logit=1.1).overall.near_threshold == 3
+    assert _compare(reference, reference + noise, labels, threshold_logit=-0.95).overall.near_threshold == 2
+
+
+def test_identical_models_have_no_logit_spread():
+    reference = np.array([-3.0, -1.0, 0.0, 1.0, 2.5])
+    labels = np.array([0, 0, 1, 1, 1])
+    summary = _compare(reference, reference, labels).overall
+    assert summary.logit_delta_std == 0.0
+    assert summary.agreement == 1.0 and summary.flipped == 0
+    # Only the score exactly on the threshold is within a spread of zero.
+    assert summary.near_threshold == 1
+
+
+def test_probabilities_of_exactly_zero_and_one_give_finite_logits():
+    # An int8 sigmoid output can round to exactly 0 or 1.
+    reference = np.array([0.001, 0.2, 0.6, 0.999])
+    candidate = np.array([0.0, 0.2, 0.6, 1.0])
+    report = drift.compare(["a", "b", "c", "d"], [0, 0, 1, 1], reference, 0.5, candidate, 0.5)
+    assert math.isfinite(report.overall.logit_delta_std)
+    assert report.overall.logit_delta_std > 1.0
+    assert np.isfinite(drift.logit(np.array([0.0, 1.0]))).all()
+
+
+def test_groups_get_their_own_logit_spread():
+    reference = np.array([-2.0, -1.0, 1.0, 2.0])
+    candidate = reference + np.array([0.0, 0.0, 0.5, -0.5])
+    ids = ["a", "b", "c", "d"]
+    report = drift.compare(
+        ids, [0, 0, 1, 1], _sigmoid(reference), 0.5, _sigmoid(candidate), 0.5,
+        groups={"class:not_fractured": ["a", "b"], "class:fractured": ["c", "d"]},
+    )
+    assert report.groups["class:not_fractured"].logit_delta_std == pytest.approx(0.0, abs=1e-9)
+    assert report.groups["class:fractured"].logit_delta_std == pytest.approx(0.5)
+
+
+def test_report_dict_carries_the_new_figures_as_json():
+    reference = np.array([-1.0, 0.2, 1.5])
+    report = _compare(reference, reference + np.array([0.1, -0.4, 0.2]), np.array([0, 1, 1]))
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["overall"]["logit_delta_std"] == pytest.approx(report.overall.logit_delta_std)
+    assert data["overall"]["near_threshold"] == report.overall.near_threshold
+    # The candidate decides 0.2 - 0.4 = -0.2 as negative, the reference 0.2 as positive.
+    assert data["overall"]["flipped"] == 1
+    assert data["flipped_ids"] == ["img1"]
+
+
+def test_mismatched_lengths_name_the_counts():
+    with pytest.raises(UsageError, match="2 ids, 3 labels"):
+        drift.compare(["a", "b"], [0, 1, 1], [0.1, 0.2, 0.3], 0.5, [0.1, 0.2, 0.3], 0.5)
