@@ -6,10 +6,13 @@ specificity, the size of the probability changes, the images whose decision
 flipped, and the same figures for each group (class, body region).
 
 Agreement alone shows little of how close two models are, because it also
-depends on how many images score near the threshold. So each summary also gives the
-standard deviation of the logit difference and the number of reference scores
-that lie within one such standard deviation of the reference threshold, the
-decisions a difference of typical size can reach.
+depends on how many images score near the threshold. So each summary also
+gives the standard deviation of the logit difference over all images, and the
+same over the images whose reference logit lies within 1 of the reference
+threshold's. Only differences near the threshold move decisions, and an int8
+model's error can be much smaller there than over all images. The summary
+also counts the reference scores within that second standard deviation of the
+threshold: the decisions a difference of typical size can reach.
 """
 
 from __future__ import annotations
@@ -40,8 +43,10 @@ class DriftSummary:
     flipped: int
     logit_delta_std: float
     """Standard deviation of the candidate's logit minus the reference's."""
+    logit_delta_std_near_threshold: float
+    """The same over the images whose reference logit is within ``NEAR_THRESHOLD_LOGIT`` of the threshold's."""
     near_threshold: int
-    """Reference scores within ``logit_delta_std`` of the reference threshold, in logit units."""
+    """Reference scores within ``logit_delta_std_near_threshold`` of the reference threshold, in logit units."""
 
     @property
     def delta_auc(self) -> float:
@@ -105,6 +110,9 @@ def _json_number(value):
 # sigmoid output quantized to exactly 0 or 1 still has a finite logit.
 _PROBABILITY_CLIP = 1e-7
 
+NEAR_THRESHOLD_LOGIT = 1.0
+"""Half-width, in logit units, of the band around the threshold where logit differences are measured."""
+
 
 def logit(probabilities) -> np.ndarray:
     """Return the log-odds of ``probabilities``, clipped to [1e-7, 1 - 1e-7] first."""
@@ -117,8 +125,9 @@ def _summary(labels, reference, candidate, reference_threshold, candidate_thresh
     candidate_decisions = candidate >= candidate_threshold
     delta = np.abs(candidate - reference)
     logit_delta = logit(candidate) - logit(reference)
-    logit_delta_std = float(logit_delta.std()) if logit_delta.size else math.nan
     distance = np.abs(logit(reference) - logit(reference_threshold))
+    in_band = distance <= NEAR_THRESHOLD_LOGIT
+    band_std = float(logit_delta[in_band].std()) if in_band.any() else math.nan
     reference_confusion = metrics.confusion(reference, labels, reference_threshold)
     candidate_confusion = metrics.confusion(candidate, labels, candidate_threshold)
     return DriftSummary(
@@ -133,8 +142,9 @@ def _summary(labels, reference, candidate, reference_threshold, candidate_thresh
         max_abs_delta_p=float(delta.max()) if delta.size else math.nan,
         mean_abs_delta_p=float(delta.mean()) if delta.size else math.nan,
         flipped=int(np.sum(reference_decisions != candidate_decisions)),
-        logit_delta_std=logit_delta_std,
-        near_threshold=int(np.sum(distance <= logit_delta_std)) if logit_delta.size else 0,
+        logit_delta_std=float(logit_delta.std()) if logit_delta.size else math.nan,
+        logit_delta_std_near_threshold=band_std,
+        near_threshold=int(np.sum(distance <= band_std)) if in_band.any() else 0,
     )
 
 

@@ -23,7 +23,7 @@ def _compare(reference_logits, candidate_logits, labels, threshold_logit=0.0, ca
     )
 
 
-def test_logit_delta_std_is_the_spread_of_the_logit_difference():
+def test_logit_delta_std_overall():
     rng = np.random.default_rng(3)
     reference = rng.normal(0.0, 2.0, 400)
     noise = rng.normal(0.05, 0.2, 400)
@@ -32,23 +32,45 @@ def test_logit_delta_std_is_the_spread_of_the_logit_difference():
     assert summary.logit_delta_std == pytest.approx(noise.std(), abs=1e-6)
 
 
-def test_near_threshold_counts_reference_scores_within_one_logit_spread():
-    # Noise of alternating sign and size 0.3 has a standard deviation of 0.3.
-    reference = np.array([-2.0, -0.31, -0.29, -0.1, 0.0, 0.2, 0.29, 0.5, 3.0, 5.0])
-    noise = np.array([0.3, -0.3] * 5)
+def test_near_threshold_counts_scores_within_band_spread():
+    # Inside the band (|logit| <= 1) the noise is +-0.3 with zero mean, so its standard deviation is 0.3.
+    reference = np.array([-2.0, -0.31, -0.29, -0.1, 0.1, 0.2, 0.29, 0.31, 0.9, 5.0])
+    noise = np.array([0.0, 0.3, -0.3, 0.3, -0.3, 0.3, -0.3, 0.3, -0.3, 0.0])
     labels = np.array([0, 0, 0, 0, 1, 0, 1, 1, 1, 1])
     summary = _compare(reference, reference + noise, labels).overall
-    assert summary.logit_delta_std == pytest.approx(0.3)
-    # -0.29, -0.1, 0.0, 0.2 and 0.29 lie within 0.3 of the threshold logit 0.
+    assert summary.logit_delta_std_near_threshold == pytest.approx(0.3)
+    # -0.29, -0.1, 0.1, 0.2 and 0.29 lie within 0.3 of the threshold logit 0.
     assert summary.near_threshold == 5
 
 
-def test_near_threshold_follows_the_reference_threshold():
-    reference = np.array([-1.0, -0.9, 1.02, 1.1, 1.18, 3.0])
-    noise = np.array([0.1, -0.1] * 3)
+def test_band_spread_ignores_errors_far_from_threshold():
+    # Large errors on confident images and small ones near the threshold. Only the small ones can flip decisions.
+    reference = np.array([-6.0, -5.0, -0.5, -0.2, 0.2, 0.5, 5.0, 6.0])
+    noise = np.array([2.0, -2.0, 0.05, -0.05, 0.05, -0.05, 2.0, -2.0])
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    summary = _compare(reference, reference + noise, labels).overall
+    assert summary.logit_delta_std == pytest.approx(noise.std())
+    assert summary.logit_delta_std_near_threshold == pytest.approx(0.05)
+    assert summary.near_threshold == 0
+
+
+def test_band_follows_the_reference_threshold():
+    reference = np.array([-1.0, -0.9, 1.02, 1.1, 1.18, 1.9])
+    noise = np.array([0.1, -0.1, 0.1, -0.1, 0.1, -0.1])
     labels = np.array([0, 0, 1, 1, 1, 1])
-    assert _compare(reference, reference + noise, labels, threshold_logit=1.1).overall.near_threshold == 3
-    assert _compare(reference, reference + noise, labels, threshold_logit=-0.95).overall.near_threshold == 2
+    near_positives = _compare(reference, reference + noise, labels, threshold_logit=1.1).overall
+    assert near_positives.logit_delta_std_near_threshold == pytest.approx(0.1)
+    assert near_positives.near_threshold == 3
+    near_negatives = _compare(reference, reference + noise, labels, threshold_logit=-0.95).overall
+    assert near_negatives.near_threshold == 2
+
+
+def test_empty_band_gives_nan_spread():
+    reference = np.array([-5.0, -4.0, 4.0, 5.0])
+    summary = _compare(reference, reference + 0.1, np.array([0, 0, 1, 1])).overall
+    assert math.isnan(summary.logit_delta_std_near_threshold)
+    assert summary.near_threshold == 0
+    assert summary.to_dict()["logit_delta_std_near_threshold"] is None
 
 
 def test_identical_models_have_no_logit_spread():
@@ -56,12 +78,14 @@ def test_identical_models_have_no_logit_spread():
     labels = np.array([0, 0, 1, 1, 1])
     summary = _compare(reference, reference, labels).overall
     assert summary.logit_delta_std == 0.0
-    assert summary.agreement == 1.0 and summary.flipped == 0
+    assert summary.logit_delta_std_near_threshold == 0.0
+    assert summary.agreement == 1.0
+    assert summary.flipped == 0
     # Only the score exactly on the threshold is within a spread of zero.
     assert summary.near_threshold == 1
 
 
-def test_probabilities_of_exactly_zero_and_one_give_finite_logits():
+def test_logit_of_zero_and_one_finite():
     # An int8 sigmoid output can round to exactly 0 or 1.
     reference = np.array([0.001, 0.2, 0.6, 0.999])
     candidate = np.array([0.0, 0.2, 0.6, 1.0])
@@ -88,6 +112,9 @@ def test_report_dict_carries_the_new_figures_as_json():
     report = _compare(reference, reference + np.array([0.1, -0.4, 0.2]), np.array([0, 1, 1]))
     data = json.loads(json.dumps(report.to_dict()))
     assert data["overall"]["logit_delta_std"] == pytest.approx(report.overall.logit_delta_std)
+    assert data["overall"]["logit_delta_std_near_threshold"] == pytest.approx(
+        report.overall.logit_delta_std_near_threshold
+    )
     assert data["overall"]["near_threshold"] == report.overall.near_threshold
     # The candidate decides 0.2 - 0.4 = -0.2 as negative, the reference 0.2 as positive.
     assert data["overall"]["flipped"] == 1

@@ -90,14 +90,16 @@ def drift_rows(report: BenchmarkReport) -> list[list[str]]:
     if report.drift is None:
         return []
     rows = [["set", "images", "agreement", "flipped", "dAUC", "dsensitivity", "dspecificity", "max |dp|",
-             "mean |dp|", "sd logit", "near threshold"]]
+             "mean |dp|", "sd logit",
+             "sd logit near threshold", "near threshold"]]
     summaries = [("overall", report.drift.report.overall), *sorted(report.drift.report.groups.items())]
     for name, summary in summaries:
         rows.append([
             name, str(summary.images), _number(summary.agreement, 4), str(summary.flipped),
             _signed(summary.delta_auc), _signed(summary.delta_sensitivity), _signed(summary.delta_specificity),
             _number(summary.max_abs_delta_p, 4), _number(summary.mean_abs_delta_p, 4),
-            _number(summary.logit_delta_std, 4), str(summary.near_threshold),
+            _number(summary.logit_delta_std, 4), _number(summary.logit_delta_std_near_threshold, 4),
+            str(summary.near_threshold),
         ])
     return rows
 
