@@ -7,19 +7,16 @@ import numpy as np
 import pytest
 
 from edgefrac import drift
+from edgefrac.classifier import sigmoid
 from edgefrac.errors import UsageError
-
-
-def _sigmoid(values):
-    return 1.0 / (1.0 + np.exp(-np.asarray(values, dtype=np.float64)))
 
 
 def _compare(reference_logits, candidate_logits, labels, threshold_logit=0.0, candidate_threshold_logit=None):
     ids = [f"img{i}" for i in range(len(labels))]
     candidate_threshold_logit = threshold_logit if candidate_threshold_logit is None else candidate_threshold_logit
     return drift.compare(
-        ids, labels, _sigmoid(reference_logits), float(_sigmoid(threshold_logit)),
-        _sigmoid(candidate_logits), float(_sigmoid(candidate_threshold_logit)),
+        ids, labels, sigmoid(reference_logits), float(sigmoid(threshold_logit)),
+        sigmoid(candidate_logits), float(sigmoid(candidate_threshold_logit)),
     )
 
 
@@ -100,7 +97,7 @@ def test_groups_get_their_own_logit_spread():
     candidate = reference + np.array([0.0, 0.0, 0.5, -0.5])
     ids = ["a", "b", "c", "d"]
     report = drift.compare(
-        ids, [0, 0, 1, 1], _sigmoid(reference), 0.5, _sigmoid(candidate), 0.5,
+        ids, [0, 0, 1, 1], sigmoid(reference), 0.5, sigmoid(candidate), 0.5,
         groups={"class:not_fractured": ["a", "b"], "class:fractured": ["c", "d"]},
     )
     assert report.groups["class:not_fractured"].logit_delta_std == pytest.approx(0.0, abs=1e-9)

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from converters.convert import retune_threshold  # noqa: E402
 from converters.tf import keras  # noqa: E402
 from converters.training import read_model_record  # noqa: E402
+from edgefrac.classifier import sigmoid  # noqa: E402
 from edgefrac.drift import logit  # noqa: E402
 from edgefrac.images import load_input  # noqa: E402
 from edgefrac.preprocessing import PreprocessConfig  # noqa: E402
@@ -51,7 +52,7 @@ def simulate(keras_logits, labels, threshold, target, sigma, step, draws, rng) -
         for name, values in keras_logits.items():
             candidate = values + rng.normal(0.0, sigma, values.size)
             noisy[name] = np.round(candidate / step) * step if step > 0 else candidate
-        probabilities = {name: 1.0 / (1.0 + np.exp(-values)) for name, values in noisy.items()}
+        probabilities = {name: sigmoid(values) for name, values in noisy.items()}
         chosen = retune_threshold(probabilities["validation"], labels["validation"], reference["validation"], target)
         for name in keras_logits:
             agreement[name][draw] = np.mean((probabilities[name] >= chosen) == reference[name])
