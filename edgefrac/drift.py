@@ -12,7 +12,9 @@ same over the images whose reference logit lies within 1 of the reference
 threshold's. Only differences near the threshold move decisions, and an int8
 model's error can be much smaller there than over all images. The summary
 also counts the reference scores within that second standard deviation of the
-threshold: the decisions a difference of typical size can reach.
+threshold: the decisions a difference of typical size can reach. Images where
+either model's probability is exactly 0 or 1 have no finite logit and are left
+out of these three figures.
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ def _json_number(value):
 
 
 # Probabilities are kept this far from 0 and 1 before taking logits, so a
-# sigmoid output quantized to exactly 0 or 1 still has a finite logit.
+# saturated sigmoid output still has a finite logit.
 _PROBABILITY_CLIP = 1e-7
 
 NEAR_THRESHOLD_LOGIT = 1.0
@@ -120,14 +122,31 @@ def logit(probabilities) -> np.ndarray:
     return np.log(clipped) - np.log1p(-clipped)
 
 
+def _std(values: np.ndarray) -> float:
+    return float(values.std()) if values.size >= 2 else math.nan
+
+
+def _logit_spread(reference, candidate, reference_threshold) -> tuple[float, float, int]:
+    """Return the logit difference's standard deviation overall and near the threshold, and the scores it reaches.
+
+    A probability of exactly 0 or 1 (an int8 sigmoid output rounded to 0, or a
+    saturated float sigmoid) has no finite logit, so images where either model
+    gives one are left out. A standard deviation needs two images;
+    with fewer it is NaN and no score counts as reached.
+    """
+    finite = (reference > 0.0) & (reference < 1.0) & (candidate > 0.0) & (candidate < 1.0)
+    delta = logit(candidate[finite]) - logit(reference[finite])
+    distance = np.abs(logit(reference[finite]) - logit(reference_threshold))
+    near_std = _std(delta[distance <= NEAR_THRESHOLD_LOGIT])
+    reached = 0 if math.isnan(near_std) else int(np.sum(distance <= near_std))
+    return _std(delta), near_std, reached
+
+
 def _summary(labels, reference, candidate, reference_threshold, candidate_threshold) -> DriftSummary:
     reference_decisions = reference >= reference_threshold
     candidate_decisions = candidate >= candidate_threshold
     delta = np.abs(candidate - reference)
-    logit_delta = logit(candidate) - logit(reference)
-    distance = np.abs(logit(reference) - logit(reference_threshold))
-    in_band = distance <= NEAR_THRESHOLD_LOGIT
-    band_std = float(logit_delta[in_band].std()) if in_band.any() else math.nan
+    logit_delta_std, logit_delta_std_near, near_threshold = _logit_spread(reference, candidate, reference_threshold)
     reference_confusion = metrics.confusion(reference, labels, reference_threshold)
     candidate_confusion = metrics.confusion(candidate, labels, candidate_threshold)
     return DriftSummary(
@@ -142,9 +161,9 @@ def _summary(labels, reference, candidate, reference_threshold, candidate_thresh
         max_abs_delta_p=float(delta.max()) if delta.size else math.nan,
         mean_abs_delta_p=float(delta.mean()) if delta.size else math.nan,
         flipped=int(np.sum(reference_decisions != candidate_decisions)),
-        logit_delta_std=float(logit_delta.std()) if logit_delta.size else math.nan,
-        logit_delta_std_near_threshold=band_std,
-        near_threshold=int(np.sum(distance <= band_std)) if in_band.any() else 0,
+        logit_delta_std=logit_delta_std,
+        logit_delta_std_near_threshold=logit_delta_std_near,
+        near_threshold=near_threshold,
     )
 
 

@@ -74,3 +74,46 @@ def test_retuned_threshold_keeps_target_sensitivity(tool, monkeypatch):
     assert len(chosen) == 10
     for probabilities, split_labels, value in chosen:
         assert (probabilities[split_labels == 1] >= value).mean() >= 0.9
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--sigma", "-0.1"), ("--sigma", "nan"), ("--output-step", "-0.0832"), ("--draws", "0"), ("--target", "1.5")],
+)
+def test_invalid_numbers_rejected_before_loading(tool, tmp_path, monkeypatch, capsys, option, value):
+    arguments = ["agreement_noise.py", str(tmp_path / "missing.keras"), "--split-file", str(tmp_path / "split.json"),
+                 "--data", str(tmp_path), "--sigma", "0.1", option, value]
+    monkeypatch.setattr("sys.argv", arguments)
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main()
+    assert exit_info.value.code == 2
+    assert f"invalid value {value!r}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("missing", "message"),
+    [("model", "Keras model"), ("split", "split file"), ("data", "data folder")],
+)
+def test_missing_paths_named(tool, tmp_path, monkeypatch, capsys, missing, message):
+    model = tmp_path / "model.keras"
+    split = tmp_path / "split.json"
+    data = tmp_path / "data"
+    for path in (model, split):
+        if missing not in path.stem:
+            path.write_text("{}")
+    if missing != "data":
+        data.mkdir()
+    arguments = ["agreement_noise.py", str(model), "--split-file", str(split), "--data", str(data), "--sigma", "0.1"]
+    monkeypatch.setattr("sys.argv", arguments)
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main()
+    assert exit_info.value.code == 2
+    assert f"{message} {tmp_path}" in capsys.readouterr().err
+
+
+def test_row_independent_of_other_rows(tool):
+    first = tool._generator(0, 0.12).normal(size=5)
+    again = tool._generator(0, 0.12).normal(size=5)
+    other = tool._generator(0, 0.18).normal(size=5)
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)

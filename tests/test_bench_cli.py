@@ -145,6 +145,7 @@ def test_drift_against_itself_zero(brightness_models, labelled_folder):
     assert drift["overall"]["flipped"] == 0
     assert drift["overall"]["max_abs_delta_p"] == 0.0
     assert drift["overall"]["logit_delta_std"] == 0.0
+    assert drift["overall"]["near_threshold"] == 0
     assert drift["overall"]["delta_auc"] == 0.0
     assert drift["flipped_ids"] == []
     assert drift["reference"]["threshold_source"] == "reference model card"

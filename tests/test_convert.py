@@ -257,3 +257,30 @@ def test_post_calibration_failure_keeps_calibrated_model(
     assert int8.path.is_file()
     assert int8.post_calibration == {"skipped": "UsageError: tensor 'x' has no counterpart in the float model"}
     assert "post-calibration steps skipped" in caplog.text
+
+
+def test_agreement_noise_tool_on_trained_model(labelled_dataset, split_file, tmp_path):
+    model = tmp_path / "cnn.keras"
+    trained = _run(
+        "train", "--split-file", split_file, "--data", labelled_dataset, "--arch", "cnn", "--resolution", "32",
+        "--epochs", "1", "--output", model,
+    )
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    tool = Path(__file__).resolve().parents[1] / "tools" / "agreement_noise.py"
+
+    def simulate(*sigmas: str) -> dict[str, list[float]]:
+        arguments = [sys.executable, str(tool), str(model), "--split-file", str(split_file),
+                     "--data", str(labelled_dataset), "--draws", "20"]
+        for sigma in sigmas:
+            arguments += ["--sigma", sigma]
+        result = subprocess.run(arguments, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-2000:]
+        rows = [line.split() for line in result.stdout.splitlines()[2:]]
+        return {row[0]: [float(cell) for cell in row[1:]] for row in rows}
+
+    both = simulate("0", "5")
+    # A noiseless copy re-tuned on validation decides every image as the Keras model does.
+    assert both["0.000"] == [1.0, 1.0, 1.0, 1.0, 1.0]
+    assert both["5.000"][0] < 1.0
+    # Each row has its own generator, so asking for another row does not change it.
+    assert simulate("5")["5.000"] == both["5.000"]

@@ -82,14 +82,22 @@ def test_identical_models_have_no_logit_spread():
     assert summary.near_threshold == 1
 
 
-def test_logit_of_zero_and_one_finite():
-    # An int8 sigmoid output can round to exactly 0 or 1.
-    reference = np.array([0.001, 0.2, 0.6, 0.999])
-    candidate = np.array([0.0, 0.2, 0.6, 1.0])
-    report = drift.compare(["a", "b", "c", "d"], [0, 0, 1, 1], reference, 0.5, candidate, 0.5)
-    assert math.isfinite(report.overall.logit_delta_std)
-    assert report.overall.logit_delta_std > 1.0
+def test_saturated_probabilities_left_out():
+    # An int8 sigmoid output can round to exactly 0 or 1, which has no finite logit.
+    reference = np.array([0.001, 0.2, 0.3, 0.6, 0.999])
+    candidate = np.array([0.0, sigmoid(-1.2), sigmoid(-0.9), 0.6, 1.0])
+    report = drift.compare(["a", "b", "c", "d", "e"], [0, 0, 1, 1, 1], reference, 0.5, candidate, 0.5)
+    expected = np.std([-1.2 - drift.logit(0.2), -0.9 - drift.logit(0.3), 0.0])
+    assert report.overall.logit_delta_std == pytest.approx(expected)
     assert np.isfinite(drift.logit(np.array([0.0, 1.0]))).all()
+
+
+def test_single_image_has_no_spread():
+    report = drift.compare(["a"], [1], [0.6], 0.5, [0.4], 0.5)
+    assert report.overall.flipped == 1
+    assert math.isnan(report.overall.logit_delta_std)
+    assert math.isnan(report.overall.logit_delta_std_near_threshold)
+    assert report.overall.near_threshold == 0
 
 
 def test_groups_get_their_own_logit_spread():

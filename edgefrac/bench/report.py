@@ -91,7 +91,7 @@ def drift_rows(report: BenchmarkReport) -> list[list[str]]:
         return []
     rows = [["set", "images", "agreement", "flipped", "dAUC", "dsensitivity", "dspecificity", "max |dp|",
              "mean |dp|", "sd logit",
-             "sd logit near threshold", "near threshold"]]
+             "sd near", "n near"]]
     summaries = [("overall", report.drift.report.overall), *sorted(report.drift.report.groups.items())]
     for name, summary in summaries:
         rows.append([

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import click
@@ -16,7 +17,7 @@ VARIANT_CHOICES = ("int8", "float32", "float16", "dynamic")
 
 
 def _format(value) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+    return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"
 
 
 def _print_table(report) -> None:
@@ -25,7 +26,7 @@ def _print_table(report) -> None:
         f"{report.reference_threshold:.4f}, target sensitivity {report.target_sensitivity:.2f}, "
         f"{report.calibration_images} calibration images"
     )
-    header = f"{'variant':<8} {'split':<10} {'agreement':>9} {'AUC ref':>8} {'AUC new':>8} {'dSens':>7} {'dSpec':>7} {'max|dp|':>8} {'sd logit':>8} {'sd near':>8} {'near':>5} {'threshold':>9}  file"
+    header = f"{'variant':<8} {'split':<10} {'agreement':>9} {'AUC ref':>8} {'AUC new':>8} {'dSens':>7} {'dSpec':>7} {'max|dp|':>8} {'sd logit':>8} {'sd near':>8} {'n near':>6}  {'threshold':>9}  file"
     click.echo(header)
     for result in report.results:
         for split_name, drift_report in (("validation", result.validation), ("test", result.test)):
@@ -35,12 +36,12 @@ def _print_table(report) -> None:
             click.echo(
                 f"{result.variant.value:<8} {split_name:<10} {overall.agreement:>9.4f} {_format(overall.reference_auc):>8} "
                 f"{_format(overall.candidate_auc):>8} {overall.delta_sensitivity:>+7.3f} {overall.delta_specificity:>+7.3f} "
-                f"{overall.max_abs_delta_p:>8.4f} {overall.logit_delta_std:>8.4f} "
-                f"{overall.logit_delta_std_near_threshold:>8.4f} {overall.near_threshold:>5d} "
+                f"{overall.max_abs_delta_p:>8.4f} {_format(overall.logit_delta_std):>8} "
+                f"{_format(overall.logit_delta_std_near_threshold):>8} {overall.near_threshold:>6d}  "
                 f"{result.threshold:>9.4f}  {result.path}"
             )
         if result.validation is None:
-            click.echo(f"{result.variant.value:<8} {'(no split)':<10} {'':>9} {'':>8} {'':>8} {'':>7} {'':>7} {'':>8} {'':>8} {'':>8} {'':>5} {result.threshold:>9.4f}  {result.path}")
+            click.echo(f"{result.variant.value:<8} {'(no split)':<10} {'':>9} {'':>8} {'':>8} {'':>7} {'':>7} {'':>8} {'':>8} {'':>8} {'':>6}  {result.threshold:>9.4f}  {result.path}")
 
 
 @main.command()
