@@ -90,8 +90,7 @@ def drift_rows(report: BenchmarkReport) -> list[list[str]]:
     if report.drift is None:
         return []
     rows = [["set", "images", "agreement", "flipped", "dAUC", "dsensitivity", "dspecificity", "max |dp|",
-             "mean |dp|", "sd logit",
-             "sd near", "n near"]]
+             "mean |dp|", "sd logit", "sd near", "n near"]]
     summaries = [("overall", report.drift.report.overall), *sorted(report.drift.report.groups.items())]
     for name, summary in summaries:
         rows.append([
