@@ -7,10 +7,10 @@ flipped, and the same figures for each group (class, body region).
 
 Agreement alone shows little of how close two models are, because it also
 depends on how many images score near the threshold. So each summary also
-gives the standard deviation of the logit difference over all images, and the
-same over the images whose reference logit lies within 1 of the reference
-threshold's. Only differences near the threshold move decisions, and an int8
-model's error can be much smaller there than over all images. The summary
+gives the standard deviation of the logit difference over all images. It
+gives the same over the images whose reference logit lies within 1 of the
+reference threshold's, because only differences near the threshold move
+decisions, and an int8 model's error can be much smaller there. The summary
 also counts the reference scores within that second standard deviation of the
 threshold: the decisions a difference of typical size can reach. Images where
 either model's probability is exactly 0 or 1 have no finite logit and are left

@@ -54,6 +54,15 @@ def _run(*arguments: str) -> subprocess.CompletedProcess:
     return subprocess.run([*EDGEFRAC, *map(str, arguments)], capture_output=True, text=True, timeout=600)
 
 
+def _train_cnn(dataset: Path, split_file: Path, model: Path, epochs: int) -> None:
+    """Train the custom CNN at 32x32 into ``model`` with `edgefrac train`."""
+    trained = _run(
+        "train", "--split-file", split_file, "--data", dataset, "--arch", "cnn", "--resolution", "32",
+        "--epochs", str(epochs), "--output", model,
+    )
+    assert trained.returncode == 0, trained.stderr[-2000:]
+
+
 def test_representative_dataset_dtype_and_shape(labelled_dataset, split_file):
     from converters import calibration
     from converters.split import read_split
@@ -152,11 +161,7 @@ def test_retune_threshold_keeps_target_sensitivity():
 
 def test_train_convert_infer_chain(labelled_dataset, split_file, tmp_path):
     model = tmp_path / "cnn.keras"
-    trained = _run(
-        "train", "--split-file", split_file, "--data", labelled_dataset, "--arch", "cnn", "--resolution", "32",
-        "--epochs", "3", "--output", model,
-    )
-    assert trained.returncode == 0, trained.stderr[-2000:]
+    _train_cnn(labelled_dataset, split_file, model, epochs=3)
     assert model.with_suffix(".json").is_file()
 
     converted = _run(
@@ -261,11 +266,7 @@ def test_post_calibration_failure_keeps_calibrated_model(
 
 def test_agreement_noise_tool_on_trained_model(labelled_dataset, split_file, tmp_path):
     model = tmp_path / "cnn.keras"
-    trained = _run(
-        "train", "--split-file", split_file, "--data", labelled_dataset, "--arch", "cnn", "--resolution", "32",
-        "--epochs", "1", "--output", model,
-    )
-    assert trained.returncode == 0, trained.stderr[-2000:]
+    _train_cnn(labelled_dataset, split_file, model, epochs=1)
     tool = Path(__file__).resolve().parents[1] / "tools" / "agreement_noise.py"
 
     def simulate(*sigmas: str) -> dict[str, list[float]]:

@@ -1,4 +1,4 @@
-"""How often would a converted model with a given logit error reach a decision-agreement target?
+"""Estimate how often a converted model with a given logit error reaches a decision-agreement target.
 
 Decision agreement between a Keras model and its int8 conversion depends on the
 size of the int8 error and on how many images score near the threshold. This
@@ -85,7 +85,7 @@ def _positive(text: str) -> int:
 
 
 def _generator(seed: int, sigma: float) -> np.random.Generator:
-    """Return the generator of one row: seeded by --seed and the sigma, so no row depends on the others."""
+    """Return the generator of one row, seeded by --seed and the sigma so that no row depends on the others."""
     return np.random.default_rng([seed, round(sigma * 1_000_000)])
 
 
