@@ -3,6 +3,12 @@
 The card is plain JSON inside the model file (see ``edgefrac.modelfile``). Its
 fields are what the device needs to score an image exactly as the model was
 trained and calibrated, plus what an auditor needs to trace the model back.
+
+``class_names`` lists the negative class first and the positive class second.
+The model's single output is the probability (or logit) of ``class_names[1]``,
+and every command reads that probability as the probability of a fracture.
+So a card whose first name is a fracture class, or whose second name is the
+absence of one (``["fractured", "not_fractured"]``), is rejected.
 """
 
 from __future__ import annotations
@@ -10,12 +16,19 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import re
 
-from edgefrac.errors import ModelFileError
+from edgefrac.errors import ModelFileError, UsageError
 from edgefrac.preprocessing import PreprocessConfig
 
 CARD_FORMAT = "edgefrac-card/1"
 DEFAULT_CLASS_NAMES = ("not_fractured", "fractured")
+
+# A class name about fractures, and one that negates it ("not_fractured", "Non-fractured", "no fracture",
+# "unfractured", "NotFractured", "fracture-free"). Separators become spaces before matching.
+_FRACTURE_WORD = re.compile(r"fractur")
+_NEGATED_FRACTURE = re.compile(r"\b(not|non|no|without)\b.*fractur|\b(not|non|no|un)fractur|fractur\w* free\b")
+_REQUIRED = object()
 
 
 class OutputKind(str, enum.Enum):
@@ -67,8 +80,8 @@ class DecisionThreshold:
 
     @classmethod
     def from_dict(cls, data: dict) -> DecisionThreshold:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in fields})
+        fields = {f.name for f in dataclasses.fields(cls)} - {"value"}
+        return cls(data["value"], **{k: v for k, v in data.items() if k in fields})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,8 +104,7 @@ class ModelCard:
         value = self.threshold.value
         if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= 1.0):
             raise ModelFileError(f"model card threshold {value!r} is invalid: expected a probability in [0, 1]")
-        if len(self.class_names) != 2:
-            raise ModelFileError(f"model card lists {len(self.class_names)} class names; expected 2")
+        check_class_names(self.class_names)
 
     def to_dict(self) -> dict:
         return {
@@ -111,6 +123,7 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelCard:
+        """Build a card from parsed ``card.json``; a ModelFileError names the missing or invalid field."""
         if not isinstance(data, dict):
             raise ModelFileError(f"model card is a JSON {type(data).__name__}, expected an object")
         if data.get("format") != CARD_FORMAT:
@@ -118,18 +131,78 @@ class ModelCard:
                 f"model card format {data.get('format')!r} is not supported (expected {CARD_FORMAT!r}); "
                 "upgrade edgefrac or re-export the model"
             )
+        fields = {
+            "name": _parse_field(data, "name", str),
+            "architecture": _parse_field(data, "architecture", str),
+            "preprocessing": _parse_field(data, "preprocessing", PreprocessConfig.from_dict),
+            "input": _parse_field(data, "input", TensorQuantization.from_dict),
+            "output": _parse_field(data, "output", TensorQuantization.from_dict),
+            "output_kind": _parse_field(data, "output_kind", OutputKind, default="probability"),
+            "class_names": _parse_field(data, "class_names", _parse_class_names, default=DEFAULT_CLASS_NAMES),
+            "threshold": _parse_field(data, "threshold", DecisionThreshold.from_dict),
+            "provenance": _parse_field(data, "provenance", dict, default={}),
+            "evaluation": _parse_field(data, "evaluation", dict, default={}),
+        }
         try:
-            return cls(
-                name=str(data["name"]),
-                architecture=str(data["architecture"]),
-                preprocessing=PreprocessConfig.from_dict(data["preprocessing"]),
-                input=TensorQuantization.from_dict(data["input"]),
-                output=TensorQuantization.from_dict(data["output"]),
-                output_kind=OutputKind(data.get("output_kind", "probability")),
-                class_names=tuple(data.get("class_names", DEFAULT_CLASS_NAMES)),
-                threshold=DecisionThreshold.from_dict(data["threshold"]),
-                provenance=dict(data.get("provenance", {})),
-                evaluation=dict(data.get("evaluation", {})),
-            )
-        except (AttributeError, KeyError, TypeError, ValueError) as error:
-            raise ModelFileError(f"model card is incomplete or invalid ({type(error).__name__}: {error})") from None
+            return cls(**fields)
+        except (TypeError, ValueError) as error:
+            raise ModelFileError(f"model card is invalid ({type(error).__name__}: {error})") from None
+
+
+def _parse_field(data: dict, name: str, parse, *, default=_REQUIRED):
+    """Parse ``data[name]`` with ``parse``, raising a ModelFileError that names the field."""
+    if name in data:
+        value = data[name]
+    elif default is _REQUIRED:
+        raise ModelFileError(f"model card has no {name!r} field; convert the model again to write a complete card")
+    else:
+        value = default
+    try:
+        return parse(value)
+    except KeyError as error:
+        raise ModelFileError(f"model card field {name!r} has no {error.args[0]!r} entry") from None
+    except (AttributeError, TypeError, ValueError, UsageError) as error:
+        # PreprocessConfig raises UsageError because the same checks apply to command-line flags.
+        raise ModelFileError(f"model card field {name!r} is invalid: {error}") from None
+
+
+def _parse_class_names(value) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise ValueError(f"expected a list of two strings, got {value!r}")
+    return tuple(value)
+
+
+def check_class_names(names: tuple[str, ...]) -> None:
+    """Check that ``names`` are two distinct non-empty names, negative class first, fractured class second.
+
+    Raises:
+        ModelFileError: the names are not two, are empty or equal, or are in
+            the reversed order.
+    """
+    if len(names) != 2:
+        raise ModelFileError(f"model card lists {len(names)} class names {list(names)}; expected 2")
+    negative, positive = names
+    if not negative.strip() or not positive.strip() or negative.strip() == positive.strip():
+        raise ModelFileError(
+            f"model card class_names {list(names)} are invalid: expected two distinct non-empty names"
+        )
+    if _names_fracture(negative) or _names_no_fracture(positive):
+        raise ModelFileError(
+            f"model card class_names {list(names)} are invalid: class_names[0] must be the class without a "
+            "fracture and class_names[1] the fractured class, because the model output is read as the probability "
+            "of class_names[1]. If the output is the fracture probability, swap the names; otherwise convert the "
+            "model with fractured as the positive class"
+        )
+
+
+def _normalised(name: str) -> str:
+    return re.sub(r"[\s_\-]+", " ", name.strip().lower())
+
+
+def _names_fracture(name: str) -> bool:
+    text = _normalised(name)
+    return bool(_FRACTURE_WORD.search(text)) and not _NEGATED_FRACTURE.search(text)
+
+
+def _names_no_fracture(name: str) -> bool:
+    return bool(_NEGATED_FRACTURE.search(_normalised(name)))

@@ -36,7 +36,7 @@ import zipfile
 from pathlib import Path
 
 from edgefrac.card import ModelCard
-from edgefrac.errors import ModelFileError
+from edgefrac.errors import ModelFileError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,8 @@ CARD_NAME = "card.json"
 TFLITE_NAME = "model.tflite"
 MAX_MODEL_BYTES = 1 << 30
 """Largest model file read into memory; the shipped models are under 10 MB."""
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of lists and objects accepted in the manifest and the card; the shipped cards nest 4 levels."""
 
 _TFLITE_IDENTIFIER = b"TFL3"
 
@@ -113,13 +115,14 @@ def pack(tflite: bytes, card: ModelCard) -> bytes:
 def write_model_file(path: str | os.PathLike, tflite: bytes, card: ModelCard) -> str:
     """Write a model file atomically and return its SHA-256."""
     data = pack(tflite, card)
-    _write_atomically(Path(path), data)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomically(path, data)
     return _sha256(data)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(descriptor, "wb") as handle:
@@ -140,7 +143,7 @@ def read_model_bytes(path: str | os.PathLike) -> bytes:
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        raise ModelFileError(f"model file {path} not found; pass --model PATH to an .efm or .tflite file") from None
+        raise ModelFileError(f"model file {path} not found; check the path to the .efm or .tflite file") from None
     if path.is_dir():
         raise ModelFileError(f"model path {path} is a directory; pass an .efm or .tflite file")
     if size == 0:
@@ -206,7 +209,7 @@ def _unpack(path: Path, data: bytes) -> tuple[bytes, ModelCard]:
                         f"{path}: member {info.filename} declares {info.file_size:,} bytes, over the "
                         f"{MAX_MODEL_BYTES:,}-byte limit"
                     )
-            manifest = json.loads(archive.read(MANIFEST_NAME))
+            manifest_bytes = archive.read(MANIFEST_NAME)
             card_bytes = archive.read(CARD_NAME)
             tflite = archive.read(TFLITE_NAME)
     except ModelFileError:
@@ -216,6 +219,8 @@ def _unpack(path: Path, data: bytes) -> tuple[bytes, ModelCard]:
             f"{path} is truncated or corrupted ({type(error).__name__}: {error}); copy the model file again"
         ) from None
 
+    # The manifest has no hash of its own, so a damaged one calls for a fresh copy.
+    manifest = _parse_json(path, MANIFEST_NAME, manifest_bytes, fix="copy the model file again")
     file_format = manifest.get("format") if isinstance(manifest, dict) else None
     if file_format != MODEL_FILE_FORMAT:
         raise ModelFileError(
@@ -234,17 +239,66 @@ def _unpack(path: Path, data: bytes) -> tuple[bytes, ModelCard]:
             )
     if not is_tflite(tflite) or not _root_table_in_bounds(tflite):
         raise ModelFileError(f"{path}: {TFLITE_NAME} is not a TFLite flatbuffer")
+    # The card matches its manifest hash, so it was written this way and a copy would not help.
+    card_data = _parse_json(path, CARD_NAME, card_bytes, fix="convert the model again to write a valid card")
     try:
-        card = ModelCard.from_dict(json.loads(card_bytes))
-    except json.JSONDecodeError as error:
-        raise ModelFileError(f"{path}: card.json is not valid JSON ({error})") from None
+        card = ModelCard.from_dict(card_data)
+    except ModelFileError as error:
+        raise ModelFileError(f"{path}: {CARD_NAME}: {error}") from None
     return tflite, card
 
 
+def _parse_json(path: Path, name: str, data: bytes, *, fix: str):
+    """Parse the JSON member ``name``, rejecting nesting deeper than MAX_JSON_DEPTH; ``fix`` ends the error.
+
+    The hash check cannot catch a bad card written with a matching manifest,
+    and Python's JSON decoder raises RecursionError when the nesting reaches
+    the interpreter's recursion limit, so both cases become a ModelFileError.
+    """
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError) as error:
+        # JSONDecodeError and UnicodeDecodeError are both ValueErrors.
+        reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+        raise ModelFileError(f"{path}: {name} is not valid JSON ({reason}); {fix}") from None
+    depth = _json_depth(value)
+    if depth > MAX_JSON_DEPTH:
+        raise ModelFileError(
+            f"{path}: {name} is nested {depth} levels deep, over the limit of {MAX_JSON_DEPTH}; {fix}"
+        )
+    return value
+
+
+def _json_depth(value) -> int:
+    """Return the deepest nesting of lists and objects in ``value``, without recursion."""
+    deepest = 0
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def export_tflite(path: str | os.PathLike, output: str | os.PathLike) -> Path:
-    """Write the verified ``.tflite`` member of a model file to ``output``, atomically."""
-    model = load_model(path)
+    """Write the verified ``.tflite`` member of a model file to ``output``, atomically.
+
+    Raises:
+        UsageError: the folder of ``output`` does not exist; it is not created.
+        ModelFileError: the model file is missing, corrupted or not a model.
+    """
     output = Path(output)
+    folder = output.parent
+    if not folder.is_dir():
+        problem = "is not a folder" if folder.exists() else "does not exist"
+        raise UsageError(f"output folder {folder} {problem}; create it first (mkdir -p {folder}) or pick another path")
+    model = load_model(path)
     _write_atomically(output, model.tflite)
     logger.info("wrote %s (%d bytes, sha256 %s)", output, len(model.tflite), _sha256(model.tflite))
     return output
