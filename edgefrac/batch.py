@@ -16,10 +16,12 @@ import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
+
 from edgefrac.classifier import FractureClassifier
 from edgefrac.dataset import file_sha256
-from edgefrac.errors import InputError, OutputNotProbabilityError, RuntimeIncompatibleError
-from edgefrac.images import load_input
+from edgefrac.errors import InputError, OutputNotProbabilityError, RuntimeIncompatibleError, TruncatedImageError
+from edgefrac.images import display_path, load_input
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +30,13 @@ class Status(str, enum.Enum):
     """Outcome of one file."""
 
     OK = "ok"
+    TRUNCATED = "truncated"
+    """Scored with ``--allow-truncated``, with the missing part of the file grey."""
     ERROR = "error"
+
+    @property
+    def scored(self) -> bool:
+        return self is not Status.ERROR
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +53,7 @@ class ScoreRecord:
 
     @property
     def fractured(self) -> bool:
-        return self.status is Status.OK and self.probability is not None and self.probability >= self.threshold
+        return self.status.scored and self.probability is not None and self.probability >= self.threshold
 
 
 @dataclasses.dataclass
@@ -56,11 +64,14 @@ class Summary:
     fractured: int = 0
     failed: int = 0
     skipped: int = 0
+    truncated: int = 0
+    """Files among ``scored`` whose missing part was scored grey (``--allow-truncated``)."""
 
     def add(self, record: ScoreRecord) -> None:
-        if record.status is Status.OK:
+        if record.status.scored:
             self.scored += 1
             self.fractured += int(record.fractured)
+            self.truncated += int(record.status is Status.TRUNCATED)
         else:
             self.failed += 1
 
@@ -73,11 +84,12 @@ def one_line(error: BaseException) -> str:
     return type(error).__name__
 
 
-def display_path(path: str | os.PathLike) -> str:
-    """Return ``path`` as text that any terminal or UTF-8 file can hold.
+def utf8_path(path: str | os.PathLike) -> str:
+    """Return ``path`` as text that a UTF-8 file such as a JSON document can hold.
 
     Bytes of a non-UTF-8 file name become ``\\xNN`` escapes, so the text is
-    readable but no longer opens the file.
+    readable but no longer opens the file. Control characters stay as they are:
+    ``edgefrac.images.display_path`` escapes them too, for terminals and logs.
     """
     return os.fsencode(path).decode("utf-8", errors="backslashreplace")
 
@@ -92,12 +104,7 @@ def score_file(classifier: FractureClassifier, path: Path, *, hash_input: bool =
     threshold = classifier.threshold
     input_sha256 = regular_file_sha256(path) if hash_input else None
     try:
-        model_input = load_input(
-            path,
-            classifier.preprocessing,
-            allow_truncated=classifier.allow_truncated,
-            max_pixels=classifier.max_pixels,
-        )
+        model_input, truncated = _decode(classifier, path)
     except InputError as error:
         reason = _without_path_prefix(path, one_line(error))
         return ScoreRecord(str(path), Status.ERROR, threshold, error=reason, input_sha256=input_sha256)
@@ -124,12 +131,27 @@ def score_file(classifier: FractureClassifier, path: Path, *, hash_input: bool =
     class_names = classifier.card.class_names
     return ScoreRecord(
         str(path),
-        Status.OK,
+        Status.TRUNCATED if truncated else Status.OK,
         threshold,
         probability=prediction.probability,
         label=class_names[1] if prediction.fractured else class_names[0],
         input_sha256=input_sha256,
     )
+
+
+def _decode(classifier: FractureClassifier, path: Path) -> tuple[np.ndarray, bool]:
+    """Return the model input for ``path`` and whether the file is truncated.
+
+    A truncated file is decoded again with its missing part grey only when the
+    classifier allows truncated files; otherwise ``TruncatedImageError`` goes up.
+    """
+    try:
+        return load_input(path, classifier.preprocessing, max_pixels=classifier.max_pixels), False
+    except TruncatedImageError:
+        if not classifier.allow_truncated:
+            raise
+    model_input = load_input(path, classifier.preprocessing, allow_truncated=True, max_pixels=classifier.max_pixels)
+    return model_input, True
 
 
 def score_files(

@@ -65,6 +65,16 @@ def tensor_quantization(detail: dict) -> TensorQuantization:
     )
 
 
+def _departures_from_card(card: ModelCard, preprocessing: PreprocessConfig, output_kind: OutputKind) -> list[str]:
+    """List each setting that differs from ``card`` as ``name card-value -> new-value``."""
+    pairs = [
+        ("resize", card.preprocessing.resize.value, preprocessing.resize.value),
+        ("scaling", card.preprocessing.scaling.value, preprocessing.scaling.value),
+        ("output kind", card.output_kind.value, output_kind.value),
+    ]
+    return [f"{name} {before} -> {after}" for name, before, after in pairs if before != after]
+
+
 def sigmoid(values) -> np.ndarray:
     """Return the logistic function of ``values``, stable for large magnitudes."""
     values = np.asarray(values, dtype=np.float64)
@@ -177,9 +187,21 @@ class FractureClassifier:
             preprocessing = PreprocessConfig(**{**dataclasses.asdict(preprocessing), **changes})
             self._check_size(preprocessing, from_overrides=True)
         threshold = card.threshold
+        output_kind = overrides.output_kind or card.output_kind
+        if self.model.card is not None:
+            departures = _departures_from_card(card, preprocessing, output_kind)
+            if departures:
+                logger.warning(
+                    "%s: %s overridden on the command line; the model was validated with the card's values, "
+                    "so its recorded sensitivity and specificity do not apply to these results",
+                    self.model.path,
+                    ", ".join(departures),
+                )
+                threshold = DecisionThreshold(
+                    threshold.value, chosen_on="the model card, with preprocessing overridden on the command line"
+                )
         if overrides.threshold is not None:
             threshold = DecisionThreshold(overrides.threshold, chosen_on="set on the command line")
-        output_kind = overrides.output_kind or card.output_kind
         effective = dataclasses.replace(card, preprocessing=preprocessing, threshold=threshold, output_kind=output_kind)
         if self.model.card is None:
             logger.warning(

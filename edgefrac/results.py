@@ -24,14 +24,15 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from edgefrac import __version__
-from edgefrac.batch import ScoreRecord, Status, display_path, regular_file_sha256
+from edgefrac.batch import ScoreRecord, Status, regular_file_sha256, utf8_path
+from edgefrac.images import display_path
 from edgefrac.errors import OutputWriteError, UsageError
 
 logger = logging.getLogger(__name__)
 
 CSV_COLUMNS = (
-    # NOTE: file paths are written as given, and clinics sometimes name files after patients.
-    # The audit log leaves paths out for that reason, but this CSV and the table keep them.
+    # NOTE: clinics sometimes name files after patients. The audit log leaves paths out for
+    # that reason, but this CSV (absolute paths) and the table (paths as given) keep them.
     "path",
     "status",
     "probability",
@@ -41,9 +42,11 @@ CSV_COLUMNS = (
     "model_sha256",
     "edgefrac_version",
     "input_sha256",
+    "preprocessing",
 )
-# Tables written before the input_sha256 column existed; opening one rewrites it with the current header.
-LEGACY_CSV_COLUMNS = CSV_COLUMNS[:-1]
+# Headers of tables written by older versions, before the last one or two columns existed. Opening
+# one rewrites it with the current header, and its rows get empty values in the new columns.
+LEGACY_CSV_COLUMNS = (CSV_COLUMNS[:-1], CSV_COLUMNS[:-2])
 _ENCODING = "utf-8"
 _ERRORS = "surrogateescape"
 _DISK_FULL = {errno.ENOSPC: "no space left on device", errno.EFBIG: "file size limit reached"}
@@ -127,8 +130,8 @@ def read_complete_rows(data: bytes) -> tuple[list[list[str]], int]:
     A row counts as complete only when writing it again with this module's
     format gives exactly the bytes in the file. This check rejects a partial
     last line, a line cut inside a quoted field and zero bytes left by a crash.
-    Rows of a table with the legacy header (no ``input_sha256`` column) are
-    returned with an empty ``input_sha256``, so every row has ``CSV_COLUMNS``.
+    Rows of a table with a legacy header are returned with empty values in the
+    columns it lacks, so every row has ``CSV_COLUMNS``.
 
     Raises:
         UsageError: the data does not start with this module's header.
@@ -151,7 +154,7 @@ def read_complete_rows(data: bytes) -> tuple[list[list[str]], int]:
 
 
 def _header_columns(text: str) -> tuple[str, ...]:
-    for columns in (CSV_COLUMNS, LEGACY_CSV_COLUMNS):
+    for columns in (CSV_COLUMNS, *LEGACY_CSV_COLUMNS):
         if text.startswith(_format_row(columns)):
             return columns
     raise UsageError(
@@ -164,21 +167,25 @@ class CsvResults:
     """The ``--csv`` results table: one row per file, appended and synced as each file finishes.
 
     Opening an existing table resumes it. A file is skipped only when it has an
-    ``ok`` row with the same path and the same content SHA-256, because scanners
-    reuse file names and a replaced file must not keep the old patient's result.
-    Rows from tables written before the ``input_sha256`` column existed match
-    by path alone, with a logged warning. Files with an ``error`` row are scored
-    again, because the cause (a file copied while the run was going, a
-    permission since fixed) may be gone. Rows that will be replaced are dropped
+    ``ok`` row with the same absolute path and the same content SHA-256, because
+    scanners reuse file names and a replaced file must not keep the old
+    patient's result. Paths are stored absolute, so a run from another folder
+    resumes the same table. Rows from tables written before the
+    ``input_sha256`` column existed match by path alone, with a logged warning.
+    Files with an ``error`` or ``truncated`` row are scored again, because the
+    cause (a file copied while the run was going, a permission since fixed) may
+    be gone. A table only takes rows scored with one model, threshold and
+    preprocessing, so its labels stay comparable. Rows that will be replaced are dropped
     first: the kept rows are rewritten through a synced temporary file and a
     rename. So the table never has two rows for one file, and a crash during
     the rewrite leaves either the old or the new table.
     """
 
-    def __init__(self, path: str | os.PathLike, *, model_sha256: str, threshold: float):
+    def __init__(self, path: str | os.PathLike, *, model_sha256: str, threshold: float, preprocessing: str = ""):
         self.path = Path(path)
         self.model_sha256 = model_sha256
         self.threshold = threshold
+        self.preprocessing = preprocessing
         self.retried = 0
         self.changed = 0
         self._ok_rows: dict[str, list[str]] = {}
@@ -212,7 +219,7 @@ class CsvResults:
                 self.path, len(data) - complete_length,
             )
         if self.retried:
-            logger.info("%s: scoring %d file(s) with an error row again", self.path, self.retried)
+            logger.info("%s: scoring %d file(s) with an error or truncated row again", self.path, self.retried)
         if self.retried or legacy:
             self._rewrite(ok_rows)
         elif complete_length < len(data):
@@ -237,6 +244,12 @@ class CsvResults:
                 raise UsageError(
                     f"--csv {self.path} contains rows labelled at threshold {row[4]}, but this run uses "
                     f"{self.threshold}; pass a new --csv path or the same --threshold as the earlier run"
+                )
+            if row[9] and self.preprocessing and row[9] != self.preprocessing:
+                raise UsageError(
+                    f"--csv {self.path} contains rows scored with preprocessing {row[9]!r}, but this run uses "
+                    f"{self.preprocessing!r}; pass a new --csv path or the same --scaling, --resize and "
+                    "--output-kind as the earlier run"
                 )
 
     def _rewrite(self, rows: list[list[str]]) -> None:
@@ -301,7 +314,7 @@ class CsvResults:
         """Append and sync the row for ``record``."""
         row = _format_row(
             (
-                record.path,
+                _key(record.path),
                 record.status.value,
                 "" if record.probability is None else repr(record.probability),
                 record.label or "",
@@ -310,6 +323,7 @@ class CsvResults:
                 self.model_sha256,
                 __version__,
                 record.input_sha256 or "",
+                self.preprocessing,
             )
         )
         self._file.append(row.encode(_ENCODING, errors=_ERRORS))
@@ -427,16 +441,16 @@ def json_document(
     """Build the ``--json`` output of ``edgefrac infer``: model, version, one entry per file, counts."""
     return {
         "edgefrac_version": __version__,
-        "model": {"path": display_path(model_path), "sha256": model_sha256, "name": model_name},
+        "model": {"path": utf8_path(model_path), "sha256": model_sha256, "name": model_name},
         "runtime": runtime,
         "results": [
             {
-                "path": display_path(record.path),
+                "path": utf8_path(record.path),
                 "status": record.status.value,
                 "probability": record.probability,
                 "label": record.label,
                 "threshold": record.threshold,
-                "error": None if record.error is None else display_path(record.error),
+                "error": None if record.error is None else utf8_path(record.error),
             }
             for record in records
         ],

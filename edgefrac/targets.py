@@ -7,6 +7,7 @@ same as one the shell expanded, and ``**`` matches any depth.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import logging
 import os
@@ -15,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from edgefrac.errors import UsageError
-from edgefrac.images import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom
+from edgefrac.images import DICOM_SUFFIXES, IMAGE_SUFFIXES, display_path, is_dicom
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,15 @@ def is_pattern(target: str) -> bool:
     return any(character in _GLOB_CHARACTERS for character in target)
 
 
-def walk_folder(folder: Path) -> Iterator[Path]:
+@dataclasses.dataclass(frozen=True)
+class UnlistableFolder:
+    """A folder under a target that could not be listed, so none of its files were found."""
+
+    path: Path
+    reason: str
+
+
+def walk_folder(folder: Path, unlistable: list[UnlistableFolder] | None = None) -> Iterator[Path]:
     """Yield the image and DICOM files under ``folder``, recursively, in sorted order.
 
     A file counts as DICOM by its suffix or, when its name has no suffix or an
@@ -41,11 +50,15 @@ def walk_folder(folder: Path) -> Iterator[Path]:
     walk endless. A link named like an image that leads nowhere (broken, or a
     loop) is still yielded: scoring it fails with a reason, so the run has a row
     for every name that looks like an input. A folder named like an image is
-    searched like any other folder.
+    searched like any other folder. A folder that cannot be listed is logged
+    and, when ``unlistable`` is given, appended to it.
     """
 
     def report(error: OSError) -> None:
-        logger.warning("cannot list folder %s (%s); its files are left out", error.filename, error.strerror)
+        reason = error.strerror or type(error).__name__
+        logger.warning("cannot list folder %s (%s); its files are left out", display_path(error.filename), reason)
+        if unlistable is not None:
+            unlistable.append(UnlistableFolder(Path(error.filename), reason))
 
     for directory, subfolders, names in os.walk(folder, onerror=report, followlinks=False):
         subfolders.sort()
@@ -71,14 +84,15 @@ def _is_regular_dicom(path: Path) -> bool:
     return is_dicom(path)
 
 
-def expand_targets(targets: Iterable[str]) -> list[Path]:
+def expand_targets(targets: Iterable[str], unlistable: list[UnlistableFolder] | None = None) -> list[Path]:
     """Return the files named by ``targets``, each once, in the order given.
 
     A file named explicitly is kept whatever its suffix, because the user chose
     it. Folders and patterns contribute only files with an image or DICOM
     suffix (see ``edgefrac.images``). An existing folder without such files is
     not an error, because a watched inbox is often empty: the result may then
-    be an empty list, and a warning is logged.
+    be an empty list, and a warning is logged. Folders that cannot be listed
+    are appended to ``unlistable`` when it is given.
 
     Raises:
         UsageError: a target does not exist, a pattern matches nothing, or no
@@ -88,7 +102,7 @@ def expand_targets(targets: Iterable[str]) -> list[Path]:
     seen: set[str] = set()
     targets = list(targets)
     for target in targets:
-        for path in _expand_one(target):
+        for path in _expand_one(target, unlistable):
             key = os.path.normpath(os.path.abspath(path))
             if key not in seen:
                 seen.add(key)
@@ -101,12 +115,15 @@ def expand_targets(targets: Iterable[str]) -> list[Path]:
     return files
 
 
-def _expand_one(target: str) -> list[Path]:
+def _expand_one(target: str, unlistable: list[UnlistableFolder] | None) -> list[Path]:
     path = Path(target)
     if path.is_dir():
-        found = list(walk_folder(path))
-        if not found:
-            logger.warning("folder %s contains no image or DICOM files", path)
+        failures: list[UnlistableFolder] = []
+        found = list(walk_folder(path, failures))
+        if unlistable is not None:
+            unlistable.extend(failures)
+        if not found and not failures:
+            logger.warning("folder %s contains no image or DICOM files", display_path(path))
         return found
     if path.is_file() or os.path.islink(path):
         return [path]
@@ -118,7 +135,7 @@ def _expand_one(target: str) -> list[Path]:
         for match in matches:
             match_path = Path(match)
             if match_path.is_dir():
-                found.extend(walk_folder(match_path))
+                found.extend(walk_folder(match_path, unlistable))
             elif match_path.suffix.lower() in SCORED_SUFFIXES:
                 found.append(match_path)
         return found

@@ -113,7 +113,7 @@ def test_infer_json_schema(tiny_int8_model, sample_images):
     assert document["model"]["name"] == "tiny-int8"
     assert document["runtime"]
     summary = document["summary"]
-    assert set(summary) == {"scored", "fractured", "failed", "skipped", "threshold"}
+    assert set(summary) == {"scored", "fractured", "failed", "skipped", "truncated", "threshold"}
     assert summary["scored"] == 4
     assert summary["failed"] == 3
     assert summary["skipped"] == 0
@@ -329,7 +329,7 @@ def test_info_missing_model_exits_1(tmp_path):
 
 
 def test_export_writes_tflite(tiny_int8_model, tmp_path):
-    output = tmp_path / "out" / "model.tflite"
+    output = tmp_path / "model.tflite"
     result = invoke("export", tiny_int8_model, output)
     assert result.exit_code == ExitCode.OK, result.output
     assert output.read_bytes() == load_model(tiny_int8_model).tflite
@@ -504,3 +504,122 @@ def test_progress_bar_on_terminal(tiny_int8_model, sample_images):
     assert b"Scoring" in stderr
     assert b"Scoring" not in stdout
     assert len(stdout.decode().splitlines()) == 5
+
+
+def test_scaling_override_warns(tiny_int8_model, sample_images):
+    result = invoke("infer", sample_images, "--model", tiny_int8_model, "--scaling", "-1_1")
+    assert result.exit_code == ExitCode.OK, result.output
+    assert "scaling 0_1 -> -1_1 overridden on the command line" in result.stderr
+    summary = result.stderr.strip().splitlines()[-1]
+    assert "sensitivity" not in summary
+    assert "preprocessing overridden" in summary
+
+
+def test_card_values_given_again_do_not_warn(tiny_int8_model, sample_images):
+    result = invoke("infer", sample_images, "--model", tiny_int8_model, "--scaling", "0_1")
+    assert result.exit_code == ExitCode.OK, result.output
+    assert "overridden" not in result.stderr
+
+
+def test_csv_rejects_other_preprocessing(tiny_int8_model, sample_images, tmp_path):
+    csv_path = tmp_path / "out.csv"
+    first = invoke("infer", sample_images / "scan0.jpg", "--model", tiny_int8_model, "--csv", csv_path)
+    assert first.exit_code == ExitCode.OK, first.output
+    assert read_csv(csv_path)[0]["preprocessing"] == "32x32 RGB bilinear 0_1 logit"
+    second = invoke(
+        "infer", sample_images / "scan1.jpg", "--model", tiny_int8_model, "--csv", csv_path, "--resize", "nearest"
+    )
+    assert second.exit_code == ExitCode.USAGE
+    assert "32x32 RGB nearest 0_1 logit" in second.stderr
+    assert len(read_csv(csv_path)) == 1
+
+
+def test_csv_resumes_from_another_folder(tiny_int8_model, sample_images, tmp_path, monkeypatch):
+    csv_path = tmp_path / "out.csv"
+    other = tmp_path / "other" / "images"
+    other.mkdir(parents=True)
+    (other / "scan0.jpg").write_bytes((sample_images / "sub" / "scan3.tif").read_bytes())
+    for folder in (sample_images.parent, other.parent):
+        monkeypatch.chdir(folder)
+        result = invoke("infer", "images/scan0.jpg", "--model", tiny_int8_model, "--csv", csv_path)
+        assert result.exit_code == ExitCode.OK, result.output
+        assert "changed since it was scored" not in result.stderr
+    paths = [row["path"] for row in read_csv(csv_path)]
+    assert paths == [str(sample_images / "scan0.jpg"), str(other / "scan0.jpg")]
+    monkeypatch.chdir(sample_images.parent)
+    again = invoke("infer", "images/scan0.jpg", "--model", tiny_int8_model, "--csv", csv_path)
+    assert "skipped 1" in again.stderr
+
+
+def test_truncated_rows_marked(tiny_int8_model, sample_images, tmp_path):
+    truncated = write_bad_files(sample_images)[2]
+    csv_path = tmp_path / "out.csv"
+    lenient = invoke("infer", truncated, "--model", tiny_int8_model, "--allow-truncated", "--csv", csv_path, "--json")
+    assert lenient.exit_code == ExitCode.OK, lenient.output
+    assert json.loads(lenient.stdout)["results"][0]["status"] == "truncated"
+    assert json.loads(lenient.stdout)["summary"]["truncated"] == 1
+    assert read_csv(csv_path)[0]["status"] == "truncated"
+    table = invoke("infer", truncated, "--model", tiny_int8_model, "--allow-truncated")
+    assert table_rows(table.stdout)[0].endswith("(truncated file)")
+    assert "(1 from truncated files)" in table.stderr
+    strict = invoke("infer", truncated, "--model", tiny_int8_model, "--csv", csv_path)
+    assert strict.exit_code == ExitCode.SOME_INPUTS_FAILED, strict.output
+    assert [row["status"] for row in read_csv(csv_path)] == ["error"]
+
+
+def test_unlistable_folder_exits_3(tiny_int8_model, sample_images, monkeypatch):
+    # Root reads any folder whatever its mode, so the listing error is raised here instead.
+    locked = sample_images / "sub"
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == os.fspath(locked):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    result = invoke("infer", sample_images, "--model", tiny_int8_model, "--json")
+    assert result.exit_code == ExitCode.SOME_INPUTS_FAILED, result.output
+    errors = {item["path"]: item["error"] for item in json.loads(result.stdout)["results"] if item["error"]}
+    assert errors == {str(locked): "cannot list this folder (Permission denied), so its files were not scored"}
+    assert "contains no image" not in result.stderr
+
+
+def test_table_escapes_control_characters(tiny_int8_model, sample_images):
+    (sample_images / "scan0.jpg").rename(sample_images / "new\nline.jpg")
+    result = invoke("infer", sample_images, "--model", tiny_int8_model)
+    assert result.exit_code == ExitCode.OK, result.output
+    rows = table_rows(result.stdout)
+    assert len(rows) == 4
+    assert any(row.startswith(f"{sample_images}/new\\x0aline.jpg ") for row in rows)
+
+
+@pytest.mark.slow
+def test_json_broken_pipe_exits_141(tiny_int8_model, sample_images, tmp_path):
+    many = tmp_path / "many"
+    many.mkdir()
+    for index in range(400):
+        (many / f"{index:03d}.jpg").symlink_to(sample_images / "scan0.jpg")
+    process = subprocess.Popen(
+        [str(EDGEFRAC_SCRIPT), "infer", str(many), "--model", str(tiny_int8_model), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    # Read part of the document (it is over 64 KiB, more than a pipe holds), then go away.
+    process.stdout.read(100)
+    process.stdout.close()
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == ExitCode.BROKEN_PIPE, stderr
+    assert b"Traceback" not in stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, a device whose writes fail with ENOSPC")
+def test_stdout_disk_full_exits_1(tiny_int8_model, sample_images):
+    with open("/dev/full", "w") as full:
+        completed = subprocess.run(
+            [str(EDGEFRAC_SCRIPT), "infer", str(sample_images), "--model", str(tiny_int8_model), "--json"],
+            stdout=full, stderr=subprocess.PIPE, text=True, timeout=300,
+        )
+    assert completed.returncode == ExitCode.RUNTIME_FAILURE, completed.stderr
+    assert "Error: cannot write the results to standard output (No space left on device)" in completed.stderr
+    assert "Traceback" not in completed.stderr

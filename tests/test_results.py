@@ -120,7 +120,7 @@ def test_select_pending_replaces_changed_row(tmp_path):
 
 def test_legacy_table_matches_by_path(tmp_path, caplog):
     csv_path = tmp_path / "out.csv"
-    legacy_header = ",".join(LEGACY_CSV_COLUMNS)
+    legacy_header = ",".join(LEGACY_CSV_COLUMNS[-1])
     csv_path.write_text(f"{legacy_header}\n/x/a.jpg,ok,0.75,fractured,0.5,,{MODEL_SHA},0.0.1\n")
     with caplog.at_level(logging.WARNING, logger="edgefrac.results"):
         table = CsvResults(csv_path, model_sha256=MODEL_SHA, threshold=0.5)

@@ -8,6 +8,7 @@ Results go to stdout, diagnostics (logs, progress) to stderr.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -19,6 +20,8 @@ from edgefrac.errors import DriftExceededError, EdgefracError, UsageError
 from edgefrac.exitcodes import ExitCode
 
 logger = logging.getLogger("edgefrac")
+
+_STDOUT_WRITE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EIO, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 def configure_logging(verbosity: int) -> None:
@@ -53,6 +56,18 @@ class EdgefracGroup(click.Group):
         except EdgefracError as error:
             click.echo(f"Error: {error}", err=True)
             ctx.exit(ExitCode.RUNTIME_FAILURE)
+        except OSError as error:
+            # Library code turns its own file errors into EdgefracError with the path, so a bare
+            # disk-full or I/O error without a file name comes from writing the results to stdout.
+            if error.filename is not None or error.errno not in _STDOUT_WRITE_ERRORS:
+                raise
+            _silence_stdout()
+            click.echo(
+                f"Error: cannot write the results to standard output ({error.strerror}); "
+                "free space on the disk it goes to, or send it elsewhere",
+                err=True,
+            )
+            ctx.exit(ExitCode.RUNTIME_FAILURE)
 
 
 @click.group(cls=EdgefracGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -65,6 +80,22 @@ def main(verbose: int) -> None:
         # Python sets sys.stdout to None when file descriptor 1 was closed at start-up, and click.echo
         # then drops every result without an error.
         raise EdgefracError("standard output is closed, so no results can be written; redirect it to a file")
+
+
+def echo_document(text: str) -> None:
+    """Write ``text`` and a newline to stdout, all of it or a BrokenPipeError.
+
+    Python's buffered stdout can accept part of a large write, then drop the
+    rest without an error when the reader has gone. This loop keeps writing
+    until every byte is out, so a closed pipe surfaces as an error.
+    """
+    stream = click.get_text_stream("stdout")
+    stream.flush()
+    data = memoryview((text + "\n").encode(stream.encoding or "utf-8", errors="backslashreplace"))
+    while data:
+        written = stream.buffer.write(data)
+        data = data[written if written is not None else len(data):]
+    stream.buffer.flush()
 
 
 def _silence_stdout() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import signal
@@ -13,14 +14,14 @@ from pathlib import Path
 
 import click
 
-from edgefrac.batch import ScoreRecord, Status, Summary, display_path, score_files
+from edgefrac.batch import ScoreRecord, Status, Summary, score_files
 from edgefrac.card import DecisionThreshold, OutputKind
 from edgefrac.classifier import FractureClassifier, Overrides
-from edgefrac.cli import main
+from edgefrac.cli import echo_document, main
 from edgefrac.cli.edgetpu import device_delegates, device_option
 from edgefrac.defaults import default_model_path
 from edgefrac.exitcodes import ExitCode
-from edgefrac.images import DEFAULT_MAX_PIXELS
+from edgefrac.images import DEFAULT_MAX_PIXELS, display_path
 from edgefrac.preprocessing import ResizeMethod, ValueScaling
 from edgefrac.results import AuditLog, CsvResults, json_document
 from edgefrac.runtime import resolve_runtime
@@ -189,7 +190,8 @@ def infer(
     _report_file_size_limit_as_error()
     summary = Summary()
     try:
-        _infer(targets, settings, as_json, csv_path, audit_log, device, summary)
+        with _interrupt_between_files() as interrupted:
+            _infer(targets, settings, as_json, csv_path, audit_log, device, summary, interrupted)
     except KeyboardInterrupt:
         resume = (
             f"; run the same command again to resume, and files in {csv_path} are skipped"
@@ -211,19 +213,35 @@ def _infer(
     audit_log: Path | None,
     device: str,
     summary: Summary,
+    interrupted: _InterruptFlag,
 ) -> None:
-    from edgefrac.targets import expand_targets
+    from edgefrac.targets import UnlistableFolder, expand_targets
 
-    files = expand_targets(targets)
+    unlistable: list[UnlistableFolder] = []
+    files = expand_targets(targets, unlistable)
     classifier = build_classifier(settings, delegates=device_delegates(device, settings.runtime))
     model = classifier.model
     records: list[ScoreRecord] = []
+    folder_errors = [
+        ScoreRecord(
+            str(folder.path),
+            Status.ERROR,
+            classifier.threshold,
+            error=f"cannot list this folder ({folder.reason}), so its files were not scored",
+        )
+        for folder in unlistable
+    ]
 
     with contextlib.ExitStack() as stack:
         table = None
         if csv_path is not None:
             table = stack.enter_context(
-                CsvResults(csv_path, model_sha256=model.sha256, threshold=classifier.threshold)
+                CsvResults(
+                    csv_path,
+                    model_sha256=model.sha256,
+                    threshold=classifier.threshold,
+                    preprocessing=preprocessing_label(classifier),
+                )
             )
         audit = None
         if audit_log is not None:
@@ -231,8 +249,11 @@ def _infer(
 
         pending = files if table is None else table.select_pending(files)
         summary.skipped = len(files) - len(pending)
-        scored = score_files(classifier, pending, hash_inputs=audit is not None or table is not None)
-        rows = None if as_json else TableWriter(pending)
+        interrupted.raise_if_set()
+        scored = itertools.chain(
+            folder_errors, score_files(classifier, pending, hash_inputs=audit is not None or table is not None)
+        )
+        rows = None if as_json else TableWriter([*(Path(record.path) for record in folder_errors), *pending])
         progress = None if rows is not None and rows.on_terminal else _progress_bar(stack, len(pending))
         for record in scored:
             if table is not None:
@@ -243,8 +264,9 @@ def _infer(
             records.append(record)
             if rows is not None:
                 rows.write(record)
-            if progress is not None:
+            if progress is not None and record not in folder_errors:
                 progress.update(1)
+            interrupted.raise_if_set()
 
     if as_json:
         document = json_document(
@@ -255,15 +277,64 @@ def _infer(
             runtime=classifier.runtime.info.describe(),
             summary={**dataclasses.asdict(summary), "threshold": classifier.threshold},
         )
-        click.echo(json.dumps(document, indent=2))
+        echo_document(json.dumps(document, indent=2))
+    truncated = f" ({summary.truncated} from truncated files)" if summary.truncated else ""
     click.echo(
-        f"scored {summary.scored}, fractured {summary.fractured}, failed {summary.failed}, "
+        f"scored {summary.scored}{truncated}, fractured {summary.fractured}, failed {summary.failed}, "
         f"skipped {summary.skipped} (model {classifier.card.name}, sha256 {model.sha256[:12]}); "
         f"{describe_operating_point(classifier.card.threshold)}",
         err=True,
     )
     if summary.failed:
         sys.exit(ExitCode.SOME_INPUTS_FAILED)
+
+
+def preprocessing_label(classifier: FractureClassifier) -> str:
+    """Describe the input size, channel order, resize, scaling and output kind the classifier runs with."""
+    config = classifier.preprocessing
+    return (
+        f"{config.width}x{config.height} {config.channel_order} {config.resize.value} {config.scaling.value} "
+        f"{classifier.card.output_kind.value}"
+    )
+
+
+class _InterruptFlag:
+    """Records a Ctrl-C that arrived while a file was being scored."""
+
+    def __init__(self) -> None:
+        self.pending = False
+
+    def raise_if_set(self) -> None:
+        if self.pending:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _interrupt_between_files():
+    """Defer Ctrl-C to the end of the file being scored, so the CSV, the table and the summary count the same files.
+
+    A second Ctrl-C before that stops at once, for a file whose decode takes too long.
+    """
+    flag = _InterruptFlag()
+
+    def handle(signum, frame):
+        if flag.pending:
+            raise KeyboardInterrupt
+        flag.pending = True
+
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        # Ignored (a background job) or handled by the caller: leave it so.
+        yield flag
+        return
+    try:
+        previous = signal.signal(signal.SIGINT, handle)
+    except ValueError:  # not the main thread: Ctrl-C cannot reach this code anyway
+        yield flag
+        return
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def describe_operating_point(threshold: DecisionThreshold) -> str:
@@ -313,5 +384,7 @@ class TableWriter:
         name = display_path(record.path)
         if record.status is Status.OK:
             click.echo(f"{name:<{self.width}}  {record.probability:>11.4f}  {record.label}")
+        elif record.status is Status.TRUNCATED:
+            click.echo(f"{name:<{self.width}}  {record.probability:>11.4f}  {record.label} (truncated file)")
         else:
             click.echo(f"{name:<{self.width}}  {'-':>11}  error: {display_path(record.error or '')}")
