@@ -11,9 +11,12 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import logging
 from pathlib import Path
 
-from edgefrac.errors import UsageError
+from edgefrac.errors import OutputWriteError, UsageError
+
+logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 SPLIT_FORMAT = "edgefrac-split/1"
@@ -74,8 +77,14 @@ def write_split(split: Split, path: str | Path) -> None:
         "counts": counts,
         "entries": [dataclasses.asdict(e) for e in split.entries],
     }
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+    except OSError as error:
+        raise OutputWriteError(
+            f"cannot write split file {path} ({error.strerror or error}); pass an --output in a writable folder"
+        ) from None
 
 
 def read_split(path: str | Path, root: str | Path | None = None) -> Split:
@@ -87,12 +96,111 @@ def read_split(path: str | Path, root: str | Path | None = None) -> Split:
         raise UsageError(f"split file {path} not found; create it with `edgefrac split DATA --output {path}`") from None
     except json.JSONDecodeError as error:
         raise UsageError(f"split file {path} is not valid JSON ({error})") from None
-    if document.get("format") != SPLIT_FORMAT:
-        raise UsageError(f"{path} is not an edgefrac split file (format {document.get('format')!r})")
-    entries = tuple(SplitEntry(**entry) for entry in document["entries"])
+    if not isinstance(document, dict) or document.get("format") != SPLIT_FORMAT:
+        found = document.get("format") if isinstance(document, dict) else type(document).__name__
+        raise UsageError(f"{path} is not an edgefrac split file (format {found!r})")
+    _check_document_keys(path, document)
+    entries = tuple(_parse_entry(path, index, entry) for index, entry in enumerate(document["entries"]))
+    _check_duplicates_in_one_split(path, entries)
+    try:
+        seed = int(document["seed"])
+        fractions = tuple(float(value) for value in document["fractions"])
+    except (TypeError, ValueError):
+        raise _invalid(path, "'seed' must be an integer and 'fractions' a list of numbers") from None
     return Split(
         root=Path(root).resolve() if root else Path(document["root"]),
-        seed=int(document["seed"]),
-        fractions=tuple(document["fractions"]),
+        seed=seed,
+        fractions=fractions,
         entries=entries,
     )
+
+
+_REQUIRED_KEYS = {"format", "root", "seed", "fractions", "entries"}
+_OPTIONAL_KEYS = {"created", "counts"}
+_ENTRY_FIELDS = {field.name for field in dataclasses.fields(SplitEntry)}
+_FIX = "write it again with `edgefrac split DATA --output FILE` instead of editing it by hand"
+
+
+def _invalid(path: Path, problem: str) -> UsageError:
+    return UsageError(f"split file {path} is invalid: {problem}; {_FIX}")
+
+
+def _check_document_keys(path: Path, document: dict) -> None:
+    missing = sorted(_REQUIRED_KEYS - document.keys())
+    unknown = sorted(document.keys() - _REQUIRED_KEYS - _OPTIONAL_KEYS)
+    if missing:
+        raise _invalid(path, f"missing key(s) {', '.join(missing)}")
+    if unknown:
+        raise _invalid(path, f"unknown key(s) {', '.join(unknown)}")
+    if not isinstance(document["entries"], list):
+        raise _invalid(path, "'entries' must be a list")
+
+
+def _parse_entry(path: Path, index: int, entry) -> SplitEntry:
+    """Check one entry's keys, types and split name, and build the SplitEntry."""
+    if not isinstance(entry, dict):
+        raise _invalid(path, f"entry {index} is a {type(entry).__name__}, not an object")
+    name = entry.get("image_id", f"number {index}")
+    missing = sorted(_ENTRY_FIELDS - entry.keys())
+    unknown = sorted(entry.keys() - _ENTRY_FIELDS)
+    if missing:
+        raise _invalid(path, f"entry {name!r} lacks key(s) {', '.join(missing)}")
+    if unknown:
+        raise _invalid(path, f"entry {name!r} has unknown key(s) {', '.join(unknown)}")
+    if entry["split"] not in SPLITS:
+        raise _invalid(path, f"entry {name!r} has split {entry['split']!r}, expected one of {', '.join(SPLITS)}")
+    if entry["label"] not in (0, 1) or isinstance(entry["label"], bool):
+        raise _invalid(path, f"entry {name!r} has label {entry['label']!r}, expected 0 or 1")
+    for key in ("image_id", "relative_path", "region", "sha256"):
+        if not isinstance(entry[key], str):
+            raise _invalid(path, f"entry {name!r} has {key} {entry[key]!r}, expected a string")
+    if not isinstance(entry["decodes_fully"], bool) or entry["hardware"] not in (True, False, None):
+        raise _invalid(path, f"entry {name!r} needs true/false for decodes_fully and true/false/null for hardware")
+    return SplitEntry(**entry)
+
+
+def _check_duplicates_in_one_split(path: Path, entries: tuple[SplitEntry, ...]) -> None:
+    """Reject byte-identical files (same SHA-256) placed in different splits, which leaks images."""
+    placed: dict[str, SplitEntry] = {}
+    for entry in entries:
+        if not entry.sha256:
+            continue
+        first = placed.setdefault(entry.sha256, entry)
+        if first.split != entry.split:
+            raise _invalid(
+                path,
+                f"byte-identical images {first.image_id!r} ({first.split}) and {entry.image_id!r} ({entry.split}) "
+                "are in different splits, so one split would contain a copy of another's image",
+            )
+
+
+def check_training_record(split_path: str | Path, split: Split, record: dict, model_path: str | Path) -> None:
+    """Compare a split file with the one a model's training record names.
+
+    Logs a warning when the file's SHA-256 differs from the record's
+    ``split_file_sha256``. Raises UsageError when the training ids differ from
+    the record's ``split_ids_sha256["train"]``, because then the validation or
+    test split may contain images the model was trained on.
+    """
+    split_path = Path(split_path)
+    recorded_file = record.get("split_file_sha256")
+    if recorded_file and _sha256_of_file(split_path) != recorded_file:
+        logger.warning(
+            "split file %s differs from the one %s was trained with (sha256 %s...)",
+            split_path, model_path, recorded_file[:12],
+        )
+    recorded_train = (record.get("split_ids_sha256") or {}).get("train")
+    if recorded_train and split.ids_hash(split.subset("train")) != recorded_train:
+        raise UsageError(
+            f"the training images of split file {split_path} differ from those {model_path} was trained on "
+            f"(train ids sha256 {recorded_train[:12]}... in its training record), so its validation and test "
+            "images may include training images; pass the --split-file the model was trained with"
+        )
+
+
+def _sha256_of_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
