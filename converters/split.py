@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgefrac.dataset import LabelledImage, file_sha256, read_labelled_folder
-from edgefrac.errors import TruncatedImageError, UsageError
+from edgefrac.errors import InputError, TruncatedImageError, UsageError
 from edgefrac.images import load_pixels
 from edgefrac.splitfile import SPLITS, Split, SplitEntry, ids_sha256, read_split, write_split
 
@@ -38,6 +38,7 @@ def make_split(
         raise UsageError(f"invalid split fractions {fractions}: expected three positive values summing to 1")
     root = Path(root).resolve()
     images = read_labelled_folder(root, positive_class)
+    _check_both_classes(root, images)
 
     hashes = {image.image_id: file_sha256(image.path) for image in images}
     groups: dict[str, list[LabelledImage]] = collections.defaultdict(list)
@@ -84,7 +85,32 @@ def make_split(
         )
         for image in sorted(images, key=lambda i: i.image_id)
     )
-    return Split(root=root, seed=seed, fractions=tuple(fractions), entries=entries)
+    split = Split(root=root, seed=seed, fractions=tuple(fractions), entries=entries)
+    _warn_about_small_splits(split)
+    return split
+
+
+def _check_both_classes(root: Path, images: list[LabelledImage]) -> None:
+    """Reject a folder where the fractured or the non-fractured class has no image file."""
+    for label, description in ((1, "fractured"), (0, "non-fractured")):
+        if not any(image.label == label for image in images):
+            raise UsageError(
+                f"{root} has no {description} image (label {label}); add images to that class folder, "
+                "because every split needs both classes"
+            )
+
+
+def _warn_about_small_splits(split: Split) -> None:
+    """Warn about a split with no image or without one of the classes; train and convert need both."""
+    for name in SPLITS:
+        labels = {entry.label for entry in split.subset(name, decodable_only=True)}
+        if not labels:
+            logger.warning("the %s split has no decodable image; add images or change --fractions", name)
+        elif len(labels) == 1:
+            missing = "non-fractured" if 1 in labels else "fractured"
+            logger.warning(
+                "the %s split has no decodable %s image; add images or change --fractions", name, missing
+            )
 
 
 def _check_group_labels(groups: dict[str, list[LabelledImage]]) -> None:
@@ -95,15 +121,30 @@ def _check_group_labels(groups: dict[str, list[LabelledImage]]) -> None:
 
 
 def _check_decoding(images: list[LabelledImage]) -> dict[str, bool]:
-    """Decode each image once at a small size to find truncated files."""
+    """Decode each image once at a small size to find truncated and undecodable files.
+
+    Both kinds are marked ``decodes_fully=False``, so training and evaluation leave them out.
+    """
     result = {}
+    truncated = 0
+    undecodable = 0
     for image in images:
         try:
             load_pixels(image.path, (32, 32))
             result[image.image_id] = True
         except TruncatedImageError:
             result[image.image_id] = False
-    truncated = sum(not ok for ok in result.values())
+            truncated += 1
+        except InputError as error:
+            result[image.image_id] = False
+            undecodable += 1
+            logger.debug("%s is marked as not decodable: %s", image.image_id, error)
     if truncated:
         logger.warning("%d truncated images are marked and left out of training", truncated)
+    if undecodable:
+        logger.warning(
+            "%d files do not decode as images and are marked and left out of training and evaluation "
+            "(run with -vv to list them, or remove them from the folder)",
+            undecodable,
+        )
     return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -12,6 +13,7 @@ from conftest import LABELLED_STRATA, write_labelled_folder
 
 from converters.split import SPLITS, Split, make_split, read_split, write_split
 from edgefrac.cli import main
+from edgefrac.dataset import file_sha256
 from edgefrac.errors import UsageError
 
 
@@ -174,6 +176,164 @@ def test_cli_split_positive_class(tmp_path):
     assert named.exit_code == 0, named.output
     labels = {entry.relative_path.split("/")[0]: entry.label for entry in read_split(output).entries}
     assert labels == {"broken": 1, "intact": 0}
+
+
+def edited_split(generated_split, tmp_path, edit) -> Path:
+    """Write ``generated_split`` to a file, apply ``edit`` to its JSON document and return the path."""
+    path = tmp_path / "split.json"
+    write_split(generated_split, path)
+    document = json.loads(path.read_text())
+    edit(document)
+    path.write_text(json.dumps(document))
+    return path
+
+
+def entry_of(document, image_id: str) -> dict:
+    return next(entry for entry in document["entries"] if entry["image_id"] == image_id)
+
+
+def rename_split(document):
+    entry_of(document, "IMG0000000.jpg")["split"] = "valdation"
+
+
+def add_entry_key(document):
+    entry_of(document, "IMG0000000.jpg")["note"] = "checked"
+
+
+def drop_entry_key(document):
+    del entry_of(document, "IMG0000000.jpg")["sha256"]
+
+
+def drop_entries(document):
+    del document["entries"]
+
+
+def add_document_key(document):
+    document["comment"] = "by hand"
+
+
+def move_one_copy(document):
+    first, second = [e for e in document["entries"] if e["image_id"] in ("IMG0000000.jpg", "COPY0000.jpg")]
+    second["split"] = next(name for name in SPLITS if name != first["split"])
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (rename_split, "entry 'IMG0000000.jpg' has split 'valdation'"),
+        (add_entry_key, "entry 'IMG0000000.jpg' has unknown key(s) note"),
+        (drop_entry_key, "entry 'IMG0000000.jpg' lacks key(s) sha256"),
+        (drop_entries, "missing key(s) entries"),
+        (add_document_key, "unknown key(s) comment"),
+        (move_one_copy, "byte-identical images"),
+    ],
+)
+def test_split_file_invalid_rejected(generated_split, tmp_path, edit, message):
+    path = edited_split(generated_split, tmp_path, edit)
+    with pytest.raises(UsageError) as raised:
+        read_split(path)
+    assert f"split file {path} is invalid" in str(raised.value)
+    assert message in str(raised.value)
+    assert "edgefrac split DATA --output" in str(raised.value)
+
+
+def test_split_file_invalid_exit_code(generated_split, tiny_int8_model, tmp_path):
+    path = edited_split(generated_split, tmp_path, rename_split)
+    result = CliRunner().invoke(main, ["evaluate", str(tiny_int8_model), "--split-file", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "valdation" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_split_matches_training_record(generated_split, tmp_path):
+    from edgefrac.splitfile import check_training_record
+
+    path = tmp_path / "split.json"
+    write_split(generated_split, path)
+    record = {
+        "split_file_sha256": file_sha256(path),
+        "split_ids_sha256": {"train": generated_split.ids_hash(generated_split.subset("train"))},
+    }
+    check_training_record(path, generated_split, record, "model.keras")
+
+
+def test_split_other_file_warns(generated_split, tmp_path, caplog):
+    from edgefrac.splitfile import check_training_record
+
+    path = tmp_path / "split.json"
+    write_split(generated_split, path)
+    record = {
+        "split_file_sha256": "0" * 64,
+        "split_ids_sha256": {"train": generated_split.ids_hash(generated_split.subset("train"))},
+    }
+    check_training_record(path, generated_split, record, "model.keras")
+    assert "differs from the one model.keras was trained with" in caplog.text
+
+
+def test_split_other_train_ids_rejected(generated_split, generated, tmp_path):
+    from edgefrac.splitfile import check_training_record
+
+    other = make_split(generated, seed=99)
+    path = tmp_path / "split.json"
+    write_split(other, path)
+    record = {"split_ids_sha256": {"train": generated_split.ids_hash(generated_split.subset("train"))}}
+    with pytest.raises(UsageError, match="pass the --split-file the model was trained with"):
+        check_training_record(path, other, record, "model.keras")
+
+
+def test_split_marks_non_image_file(tmp_path, caplog):
+    root = write_labelled_folder(tmp_path / "data", {(1, "hand"): 6, (0, "hand"): 6}, copies=0, truncated=1)
+    (root / "images" / "Non_fractured" / "junk.png").write_text("not an image\n")
+    split = make_split(root)
+    left_out = sorted(entry.image_id for entry in split.entries if not entry.decodes_fully)
+    assert left_out == ["IMG0000011.jpg", "junk.png"]
+    assert "1 truncated images" in caplog.text
+    assert "1 files do not decode as images" in caplog.text
+
+
+def test_cli_split_non_image_file(tmp_path):
+    root = write_labelled_folder(tmp_path / "data", {(1, "hand"): 6, (0, "hand"): 6}, copies=0, truncated=0)
+    (root / "images" / "Fractured" / "junk.png").write_text("not an image\n")
+    output = tmp_path / "split.json"
+    result = CliRunner().invoke(main, ["split", str(root), "-o", str(output)])
+    assert result.exit_code == 0, result.output
+    junk = next(entry for entry in read_split(output).entries if entry.image_id == "junk.png")
+    assert junk.decodes_fully is False
+
+
+def test_cli_split_empty_class(tmp_path):
+    root = write_labelled_folder(tmp_path / "data", {(1, "hand"): 6}, copies=0, truncated=0)
+    (root / "images" / "Non_fractured").mkdir()
+    output = tmp_path / "split.json"
+    result = CliRunner().invoke(main, ["split", str(root), "-o", str(output)])
+    assert result.exit_code == 2, result.output
+    assert "no non-fractured image" in result.output
+    assert not output.exists()
+
+
+def test_split_warns_empty_split(tmp_path, caplog):
+    root = write_labelled_folder(tmp_path / "data", {(1, "hand"): 3, (0, "hand"): 3}, copies=0, truncated=0)
+    split = make_split(root)
+    assert split.subset("test") == []
+    assert "the test split has no decodable image" in caplog.text
+
+
+def test_split_warns_missing_class(tmp_path, caplog):
+    root = write_labelled_folder(tmp_path / "data", {(1, "hand"): 2, (0, "hand"): 8}, copies=0, truncated=0)
+    split = make_split(root, fractions=(0.6, 0.2, 0.2))
+    lacking = [name for name in SPLITS if {e.label for e in split.subset(name)} == {0}]
+    assert lacking, "the fixture no longer leaves a split without fractured images"
+    assert f"the {lacking[0]} split has no decodable fractured image" in caplog.text
+
+
+def test_cli_split_unwritable_output(generated, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    output = blocker / "split.json"
+    result = CliRunner().invoke(main, ["split", str(generated), "-o", str(output)])
+    assert result.exit_code == 1, result.output
+    assert f"cannot write split file {output}" in result.output
+    assert "Traceback" not in result.output
 
 
 @pytest.mark.slow

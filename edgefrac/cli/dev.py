@@ -53,19 +53,26 @@ def split(data: Path, output: Path, seed: int, fractions: str, positive_class: s
     DATA is FracAtlas's layout (images/Fractured, images/Non_fractured and
     dataset.csv) or any folder with one subfolder per class. Byte-identical
     files stay in one split, and each (label, body region) stratum is divided
-    by the fractions. Every later command reads the split file.
+    by the fractions. Truncated files and files that do not decode as images
+    are marked and left out of training and evaluation (column "left out").
+    Every later command reads the split file and rejects one with unknown
+    split names, missing or extra keys, or byte-identical files in two splits.
+
+    Exit codes: 0 written (with a warning when a split is empty or lacks a
+    class), 1 the split file cannot be written, 2 invalid options or a class
+    folder without images.
     """
     from converters.split import SPLITS, make_split, write_split
 
     result = make_split(data, seed=seed, fractions=parse_fractions(fractions), positive_class=positive_class)
     write_split(result, output)
     click.echo(f"Wrote {output}: {len(result.entries)} images from {result.root}, seed {seed}")
-    click.echo(f"{'split':<12}{'images':>8}{'fractured':>11}{'truncated':>11}")
+    click.echo(f"{'split':<12}{'images':>8}{'fractured':>11}{'left out':>10}")
     for name in SPLITS:
         entries = result.subset(name)
         fractured = sum(entry.label for entry in entries)
-        truncated = sum(not entry.decodes_fully for entry in entries)
-        click.echo(f"{name:<12}{len(entries):>8}{fractured:>11}{truncated:>11}")
+        left_out = sum(not entry.decodes_fully for entry in entries)
+        click.echo(f"{name:<12}{len(entries):>8}{fractured:>11}{left_out:>10}")
 
 
 @contextlib.contextmanager
