@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import re
 import stat
 import zipfile
 from pathlib import Path
@@ -12,9 +14,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgefrac.card import TensorQuantization
+from edgefrac.card import ModelCard, TensorQuantization, check_class_names
 from edgefrac.classifier import FractureClassifier
 from edgefrac.cli import main
+from edgefrac.defaults import default_model_path
 from edgefrac.errors import ModelFileError
 from edgefrac.exitcodes import ExitCode
 from edgefrac.modelfile import (
@@ -212,6 +215,143 @@ def test_float_card_input_type(float_card):
     assert float_card.input == TensorQuantization("float32", (1, 32, 32, 3))
 
 
+# Cards that match their manifest hash but are invalid: built from the shipped model, with the card
+# edited and the manifest's hash of it rewritten, so only card validation can reject them.
+
+
+def with_card(folder: Path, name: str, card_bytes: bytes) -> Path:
+    """Write a copy of the shipped default model whose card is ``card_bytes``, with a matching manifest."""
+    members = read_members(default_model_path())
+    manifest = json.loads(members[MANIFEST_NAME])
+    manifest["members"][CARD_NAME] = {"bytes": len(card_bytes), "sha256": hashlib.sha256(card_bytes).hexdigest()}
+    path = folder / f"{name}.efm"
+    path.write_bytes(rezip({
+        MANIFEST_NAME: json.dumps(manifest).encode(),
+        CARD_NAME: card_bytes,
+        TFLITE_NAME: members[TFLITE_NAME],
+    }))
+    return path
+
+
+def shipped_card() -> dict:
+    return json.loads(read_members(default_model_path())[CARD_NAME])
+
+
+def edited_card(edit) -> bytes:
+    card = shipped_card()
+    edit(card)
+    return json.dumps(card).encode()
+
+
+def deeply_nested_card(levels: int) -> bytes:
+    text = json.dumps(shipped_card())
+    return (text[:-1] + ', "a": ' + "[" * levels + "]" * levels + "}").encode()
+
+
+INVALID_CARDS = {
+    # case: (card bytes, texts the error must contain)
+    "nested_100000": (deeply_nested_card(100_000), ["card.json is not valid JSON", "nested too deeply"]),
+    "nested_40": (deeply_nested_card(40), ["card.json is nested 41 levels deep"]),
+    "reversed_class_names": (
+        edited_card(lambda card: card.update(class_names=["fractured", "not_fractured"])),
+        ["class_names ['fractured', 'not_fractured'] are invalid", "swap the names"],
+    ),
+    "one_channel_rgb": (
+        edited_card(lambda card: card["preprocessing"].update(channels=1)),
+        ["field 'preprocessing' is invalid", "channel order 'RGB' for 1 channel(s)"],
+    ),
+    "height_zero": (
+        edited_card(lambda card: card["preprocessing"].update(height=0)),
+        ["field 'preprocessing' is invalid", "invalid input size 0x224"],
+    ),
+    "no_preprocessing": (
+        edited_card(lambda card: card.pop("preprocessing")),
+        ["has no 'preprocessing' field"],
+    ),
+    "no_threshold_value": (
+        edited_card(lambda card: card["threshold"].pop("value")),
+        ["field 'threshold' has no 'value' entry"],
+    ),
+    "class_names_string": (
+        edited_card(lambda card: card.update(class_names="ab")),
+        ["field 'class_names' is invalid", "expected a list of two strings"],
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def invalid_cards(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("invalid-cards")
+    return {case: with_card(folder, case, card_bytes) for case, (card_bytes, _) in INVALID_CARDS.items()}
+
+
+def test_shipped_card_copy_loads(tmp_path):
+    # The helper itself must produce a loadable file, or the cases below would fail for the wrong reason.
+    path = with_card(tmp_path, "unchanged", json.dumps(shipped_card()).encode())
+    assert load_model(path).card.class_names == ("not_fractured", "fractured")
+
+
+@pytest.mark.parametrize("case", sorted(INVALID_CARDS))
+def test_load_rejects_invalid_card(invalid_cards, case):
+    path = invalid_cards[case]
+    with pytest.raises(ModelFileError) as caught:
+        load_model(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: card.json")
+    for text in INVALID_CARDS[case][1]:
+        assert text in message
+
+
+@pytest.mark.parametrize("case", sorted(INVALID_CARDS))
+def test_infer_invalid_card(invalid_cards, sample_images, case):
+    path = invalid_cards[case]
+    result = CliRunner().invoke(main, ["infer", str(sample_images / "scan0.jpg"), "--model", str(path)])
+    assert result.exit_code == ExitCode.RUNTIME_FAILURE, result.output
+    assert result.stderr.startswith(f"Error: {path}: card.json")
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("case", ["nested_100000", "reversed_class_names", "one_channel_rgb"])
+def test_info_invalid_card(invalid_cards, case):
+    path = invalid_cards[case]
+    result = CliRunner().invoke(main, ["info", "--model", str(path)])
+    assert result.exit_code == ExitCode.RUNTIME_FAILURE, result.output
+    assert f"Error: model: {path}: card.json" in result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "names",
+    [("not_fractured", "fractured"), ("Non_fractured", "Fractured"), ("NotFractured", "Fractured"),
+     ("no fracture", "fracture"), ("fracture-free", "fractured"), ("normal", "abnormal")],
+)
+def test_class_names_accepted(names):
+    check_class_names(names)
+
+
+@pytest.mark.parametrize(
+    "names, reason",
+    [
+        (("fractured", "not_fractured"), "class_names[1] the fractured class"),
+        (("fracture", "normal"), "class_names[1] the fractured class"),
+        (("normal", "non-fractured"), "class_names[1] the fractured class"),
+        (("fractured", "fractured"), "two distinct non-empty names"),
+        (("", "fractured"), "two distinct non-empty names"),
+        (("not_fractured",), "lists 1 class names"),
+        (("a", "b", "c"), "lists 3 class names"),
+    ],
+)
+def test_class_names_rejected(names, reason):
+    with pytest.raises(ModelFileError, match=re.escape(reason)):
+        check_class_names(names)
+
+
+def test_card_constructor_checks_class_names():
+    card = load_model(default_model_path()).card
+    with pytest.raises(ModelFileError, match="class_names"):
+        ModelCard(**{**card.__dict__, "class_names": ("fractured", "not_fractured")})
+
+
 # click rejects a directory as --model (dir_okay=False), which makes it a usage error.
 CLI_USAGE_CASES = {"directory"}
 
@@ -269,7 +409,7 @@ def test_plain_tflite_truncated_cli(tmp_path, plain_tflite, sample_images, fract
 
 
 def test_export_identical(tmp_path, tiny_int8_model):
-    output = tmp_path / "out" / "model.tflite"
+    output = tmp_path / "model.tflite"
     result = CliRunner().invoke(main, ["export", str(tiny_int8_model), str(output)])
     assert result.exit_code == ExitCode.OK, result.output
     assert output.read_bytes() == read_members(tiny_int8_model)[TFLITE_NAME]
@@ -290,3 +430,29 @@ def test_export_corrupted_writes_nothing(tmp_path, bad_models):
     result = CliRunner().invoke(main, ["export", str(bad_models["flipped_byte_new_crc"]), str(output)])
     assert result.exit_code == ExitCode.RUNTIME_FAILURE, result.output
     assert not output.exists()
+
+
+def test_export_rejects_missing_folder(tmp_path, tiny_int8_model):
+    folder = tmp_path / "absent" / "deeper"
+    result = CliRunner().invoke(main, ["export", str(tiny_int8_model), str(folder / "model.tflite")])
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert f"output folder {folder} does not exist" in result.stderr
+    assert "create it first" in result.stderr
+    assert not (tmp_path / "absent").exists()
+
+
+def test_export_rejects_file_as_folder(tmp_path, tiny_int8_model):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    result = CliRunner().invoke(main, ["export", str(tiny_int8_model), str(blocker / "model.tflite")])
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert f"output folder {blocker} is not a folder" in result.stderr
+
+
+def test_export_missing_model_is_usage_error(tmp_path):
+    missing = tmp_path / "absent.efm"
+    result = CliRunner().invoke(main, ["export", str(missing), str(tmp_path / "model.tflite")])
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert "'MODEL'" in result.stderr
+    assert "does not exist" in result.stderr
+    assert "--model" not in result.stderr
