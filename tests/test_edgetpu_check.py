@@ -72,6 +72,15 @@ def test_unreadable_model():
         check_model(b"TFL3" + b"\x00" * 64)
 
 
+def test_cli_missing_model_is_usage_error(tmp_path):
+    missing = tmp_path / "absent.efm"
+    result = CliRunner().invoke(main, ["edgetpu-check", str(missing)])
+    assert result.exit_code == 2, result.output
+    assert "'MODEL'" in result.stderr
+    assert "does not exist" in result.stderr
+    assert "--model" not in result.stderr
+
+
 def test_cli_compatible(tiny_int8_model):
     result = CliRunner().invoke(main, ["edgetpu-check", str(tiny_int8_model)])
     assert result.exit_code == 0, result.output

@@ -29,7 +29,7 @@ def device_delegates(device: str, runtime_name: str | None) -> tuple:
 
 
 @main.command("edgetpu-check")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def edgetpu_check(model: Path, as_json: bool) -> None:
     """Check MODEL (.efm or .tflite) for the Edge TPU: int8/uint8 tensors, static shapes, supported ops.

@@ -14,16 +14,17 @@ from edgefrac.modelfile import export_tflite
 
 
 @main.command()
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
 def export(model: Path, output: Path) -> None:
     """Write the verified TFLite model inside MODEL (.efm) to OUTPUT (.tflite).
 
     The output is the converter's bytes unchanged, for tools that read plain
     TFLite files (benchmark_model, edgetpu_compiler, Netron). The model file's
-    hashes are checked first, so a corrupted file writes nothing.
+    hashes are checked first, so a corrupted file writes nothing. The folder
+    of OUTPUT must exist; it is not created.
     """
-    if output.exists() and model.exists() and os.path.samefile(model, output):
+    if output.exists() and os.path.samefile(model, output):
         raise UsageError(f"OUTPUT {output} is the model file itself; pass another output path")
     try:
         written = export_tflite(model, output)
