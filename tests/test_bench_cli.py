@@ -236,8 +236,48 @@ def test_text_table(brightness_models):
 
 def test_missing_model_exit_code(tmp_path):
     result = _bench(str(tmp_path / "absent.efm"))
-    assert result.exit_code == ExitCode.RUNTIME_FAILURE
-    assert "not found" in result.stderr
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert "'MODEL'" in result.stderr
+    assert "does not exist" in result.stderr
+    assert "--model" not in result.stderr
+
+
+def test_text_table_warmup_row(brightness_models):
+    result = _bench(str(brightness_models["int8"]), "--runs", "2", "--warmup", "3")
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.stdout.splitlines()]
+    warmup = [row for row in rows if row and row[0] == "warm-up"]
+    assert len(warmup) == 1
+    assert warmup[0][1:3] == ["1", "3"]
+
+
+def test_text_table_without_warmup(brightness_models):
+    result = _bench(str(brightness_models["int8"]), "--runs", "2", "--warmup", "0")
+    assert result.exit_code == 0, result.output
+    assert "warm-up" not in result.stdout
+
+
+def test_overrides_plain_tflite(brightness_models, labelled_folder):
+    # The reference reads 0_1 scaling from its card. Read as 0_255, every dark image of the plain
+    # copy becomes bright, so exactly the dark images flip; without the flag nothing flips.
+    common = ("--runs", "1", "--warmup", "0", "--data", str(labelled_folder),
+              "--reference", str(brightness_models["float32_card"]))
+    plain = str(brightness_models["float32"])
+    assert _bench_json(plain, *common)["drift"]["overall"]["flipped"] == 0
+    overridden = _bench_json(plain, *common, "--scaling", "0_255")
+    assert overridden["drift"]["overall"]["flipped"] == DARK_IMAGES
+
+
+def test_threshold_override(brightness_models):
+    report = _bench_json(str(brightness_models["int8"]), "--runs", "1", "--warmup", "0", "--threshold", "0.3")
+    assert report["model"]["threshold"] == pytest.approx(0.3)
+
+
+def test_help_lists_override_options():
+    result = CliRunner().invoke(main, ["bench", "--help"])
+    assert result.exit_code == 0
+    for option in ("--threshold", "--scaling", "--resize", "--output-kind"):
+        assert option in result.output
 
 
 def test_markdown_report(brightness_models, labelled_folder, tmp_path):

@@ -63,16 +63,19 @@ def environment_lines(report: BenchmarkReport) -> list[str]:
 
 
 def latency_table(report: BenchmarkReport) -> list[list[str]]:
-    """Return rows of the latency table: a header, one invoke row and one end-to-end row per thread count."""
+    """Return rows of the latency table: a header, then warm-up, invoke and end-to-end rows per thread count.
+
+    The warm-up row is left out when there were no warm-up runs (``--warmup 0``).
+    """
     rows = [["phase", "threads", "runs", "init ms", "first ms", "mean", "std", "min", "p50", "p90", "p95", "p99",
              "max", "per s"]]
     for result in report.invoke:
+        if result.warmup is not None:
+            rows.append(["warm-up", str(result.threads), str(result.warmup.runs), "", "", *_stats_cells(result.warmup)])
         stats = result.measured
         rows.append([
             "invoke", str(result.threads), str(stats.runs), _number(result.init_ms), _number(result.first_inference_ms),
-            _number(stats.mean_ms), _number(stats.std_ms), _number(stats.min_ms), _number(stats.p50_ms),
-            _number(stats.p90_ms), _number(stats.p95_ms), _number(stats.p99_ms), _number(stats.max_ms),
-            _number(stats.throughput_per_second, 1),
+            *_stats_cells(stats),
         ])
     for result in report.end_to_end:
         stats = result.per_image
@@ -83,6 +86,15 @@ def latency_table(report: BenchmarkReport) -> list[list[str]]:
         rows.append(["end-to-end", str(result.threads), str(result.images), "", "", *cells,
                      _number(result.images_per_second, 1)])
     return rows
+
+
+def _stats_cells(stats) -> list[str]:
+    """Return the mean, std, min, percentile, max and per-second cells of one latency row."""
+    return [
+        _number(stats.mean_ms), _number(stats.std_ms), _number(stats.min_ms), _number(stats.p50_ms),
+        _number(stats.p90_ms), _number(stats.p95_ms), _number(stats.p99_ms), _number(stats.max_ms),
+        _number(stats.throughput_per_second, 1),
+    ]
 
 
 def drift_rows(report: BenchmarkReport) -> list[list[str]]:

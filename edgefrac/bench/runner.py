@@ -18,7 +18,7 @@ from edgefrac.bench.latency import (
     load_classifier,
     peak_rss_bytes,
 )
-from edgefrac.classifier import FractureClassifier
+from edgefrac.classifier import FractureClassifier, Overrides
 from edgefrac.dataset import LabelledImage, image_files, read_labelled_folder
 from edgefrac.errors import UsageError
 from edgefrac.runtime import resolve_runtime
@@ -39,6 +39,7 @@ class BenchmarkConfig:
     data: Path | None = None
     max_images: int | None = None
     allow_truncated: bool = False
+    overrides: Overrides = Overrides()
 
     def __post_init__(self) -> None:
         if not self.threads or any(t < 1 for t in self.threads):
@@ -158,7 +159,9 @@ def run_benchmark(
     first_scores: list[ScoredImage] | None = None
     classifier = None
     for threads in config.threads:
-        classifier, init_seconds = load_classifier(config.model, threads, allow_truncated=config.allow_truncated)
+        classifier, init_seconds = load_classifier(
+            config.model, threads, allow_truncated=config.allow_truncated, overrides=config.overrides
+        )
         logger.info("timing %s at %d thread(s)", config.model, threads)
         invoke_results.append(
             benchmark_invoke(

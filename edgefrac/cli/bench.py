@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from edgefrac.cli import main
+from edgefrac.cli.overrides import infer_options, overrides_from
 from edgefrac.errors import UsageError
 from edgefrac.exitcodes import ExitCode
 
@@ -29,13 +30,15 @@ def _reference_factory(reference: Path, threshold: float | None, threads: int, a
     return make_reference
 
 
+@infer_options("threshold", "scaling", "resize", "output_kind")
 @main.command()
-@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("model", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--threads", "threads", type=int, multiple=True,
               help="Interpreter threads; repeat to measure several counts (--threads 1 --threads 2). Default: 1.")
 @click.option("--runs", type=int, default=50, show_default=True, help="Measured invoke runs per thread count.")
 @click.option("--warmup", type=int, default=5, show_default=True,
-              help="Warm-up invoke runs per thread count, timed and reported apart from the measured runs.")
+              help="Warm-up invoke runs per thread count, timed and shown as their own 'warm-up' row "
+                   "(the 'warmup' entry with --json), apart from the measured runs.")
 @click.option("--data", type=click.Path(path_type=Path, file_okay=False, exists=True),
               help="Folder of images for the end-to-end timing (decode, preprocess, invoke). A folder with one "
                    "subfolder per class (or FracAtlas's images/<class>/) is also the labelled set for --reference.")
@@ -68,6 +71,10 @@ def bench(
     max_drift: float | None,
     as_json: bool,
     report_folder: Path | None,
+    threshold: float | None,
+    scaling: str | None,
+    resize: str | None,
+    output_kind: str | None,
 ) -> None:
     """Measure MODEL's latency, memory use and, with --reference, its accuracy drift.
 
@@ -75,6 +82,10 @@ def bench(
     inference, warm-up runs and measured runs, for each --threads value. With
     --data, every image is also scored end to end. A warning goes to stderr
     when the CPU governor is not 'performance' or the machine looks busy.
+
+    --threshold, --scaling, --resize and --output-kind replace the model
+    card's values; a plain .tflite has no card and needs them when it was
+    trained otherwise.
 
     Exit codes: 0 done; 1 the model or runtime failed; 2 invalid options;
     4 the fraction of flipped decisions exceeded --max-drift (the model is
@@ -95,6 +106,7 @@ def bench(
         data=data,
         max_images=max_images,
         allow_truncated=allow_truncated,
+        overrides=overrides_from(threshold=threshold, scaling=scaling, resize=resize, output_kind=output_kind),
     )
     make_reference = None
     if reference is not None:
