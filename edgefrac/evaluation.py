@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgefrac import metrics
+from edgefrac.batch import regular_file_sha256
 from edgefrac.classifier import FractureClassifier
 from edgefrac.dataset import REGIONS, UNKNOWN_REGION
 from edgefrac.errors import InputError, UsageError
@@ -25,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 EVALUATION_FORMAT = "edgefrac-evaluation/1"
 DEFAULT_RESAMPLES = 1000
+CHANGED_EXAMPLES = 3
+"""Paths of changed files named in the warning; the report lists all of them."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +41,16 @@ class Case:
     hardware: bool | None = None
     decodes_fully: bool = True
     """False when the split already found the file truncated, so a decode failure is expected."""
+    sha256: str | None = None
+    """SHA-256 of the file when the split was made; None when it was not recorded."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ChangedFile:
+    """An image whose bytes differ from the SHA-256 in the split file, scored with the split's label anyway."""
+
+    image_id: str
+    path: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +111,7 @@ class EvaluationReport:
     probabilities: np.ndarray
     failed: tuple[FailedCase, ...]
     resamples: int
+    changed: tuple[ChangedFile, ...] = ()
 
     @property
     def labels(self) -> np.ndarray:
@@ -123,6 +137,7 @@ class EvaluationReport:
             "regions": [group.to_dict() for group in self.regions],
             "hardware": [group.to_dict() for group in self.hardware],
             "failed": [dataclasses.asdict(failure) for failure in self.failed],
+            "changed_files": [dataclasses.asdict(changed) for changed in self.changed],
             "predictions": [
                 {"image_id": case.image_id, "label": case.label, "probability": float(probability)}
                 for case, probability in zip(self.cases, self.probabilities)
@@ -141,6 +156,35 @@ def _json_safe(data: dict) -> dict:
         return value
 
     return {key: convert(value) for key, value in data.items()}
+
+
+def find_changed_files(cases: list[Case]) -> tuple[ChangedFile, ...]:
+    """Hash each case's file once and return the files whose SHA-256 differs from the split file's.
+
+    A file that cannot be read is not listed here, because decoding it fails
+    and lists it as failed.
+    """
+    changed = []
+    for case in cases:
+        if case.sha256 is None:
+            continue
+        digest = regular_file_sha256(case.path)
+        if digest is not None and digest != case.sha256:
+            changed.append(ChangedFile(image_id=case.image_id, path=str(case.path)))
+    log_changed_files(changed, len(cases))
+    return tuple(changed)
+
+
+def log_changed_files(changed: list[ChangedFile], total: int) -> None:
+    if not changed:
+        return
+    examples = ", ".join(item.path for item in changed[:CHANGED_EXAMPLES])
+    more = f" and {len(changed) - CHANGED_EXAMPLES} more" if len(changed) > CHANGED_EXAMPLES else ""
+    logger.warning(
+        "%d of %d images differ from the SHA-256 in the split file (%s%s); they are scored with the split's "
+        "labels, which may not fit them: check that --data is the dataset the split was made from",
+        len(changed), total, examples, more,
+    )
 
 
 def score_cases(classifier: FractureClassifier, cases: list[Case]) -> ScoredCases:
@@ -189,8 +233,13 @@ def evaluate(
     split: dict,
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
+    changed: tuple[ChangedFile, ...] = (),
 ) -> EvaluationReport:
-    """Compute the report of ``scored`` at ``threshold``, overall and per region and hardware group."""
+    """Compute the report of ``scored`` at ``threshold``, overall and per region and hardware group.
+
+    ``changed`` lists the files whose bytes differ from the split file; the
+    report records them and their count.
+    """
     if not scored.cases:
         raise UsageError(
             f"no image of split {split.get('name')!r} could be scored ({len(scored.failed)} failed to decode); "
@@ -227,7 +276,7 @@ def evaluate(
 
     return EvaluationReport(
         model=model,
-        split={**split, "scored": len(scored.cases), "failed": len(scored.failed)},
+        split={**split, "scored": len(scored.cases), "failed": len(scored.failed), "changed_files": len(changed)},
         threshold=float(threshold),
         threshold_source=threshold_source,
         overall=overall,
@@ -237,6 +286,7 @@ def evaluate(
         probabilities=probabilities,
         failed=scored.failed,
         resamples=resamples,
+        changed=tuple(changed),
     )
 
 

@@ -55,6 +55,11 @@ def _summary_lines(report: EvaluationReport) -> list[str]:
         f"Threshold: {report.threshold:.4f} ({report.threshold_source})",
         f"AUC CI: percentile bootstrap over {report.resamples} resamples",
     ]
+    if report.changed:
+        lines.append(
+            f"Changed files: {len(report.changed)} images differ from the SHA-256 in the split file and were "
+            "scored with the split's labels"
+        )
     return lines
 
 
@@ -67,7 +72,21 @@ def to_markdown(report: EvaluationReport) -> str:
     if report.failed:
         lines += ["", "Images left out because they failed to decode:", ""]
         lines += [f"- `{failure.image_id}`: {failure.error}" for failure in report.failed]
+    if report.changed:
+        lines += ["", "Images whose bytes differ from the SHA-256 in the split file:", ""]
+        lines += [f"- `{changed.image_id}`: {changed.path}" for changed in report.changed]
     return "\n".join(lines) + "\n"
+
+
+def failure_lines(report: EvaluationReport) -> list[str]:
+    """Return one line per image left out of the report: its path and why it failed to decode."""
+    if not report.failed:
+        return []
+    lines = [f"images left out because they failed to decode ({len(report.failed)}):"]
+    for failure in report.failed:
+        marked = " (marked as truncated in the split file)" if failure.expected else ""
+        lines.append(f"  {failure.path}: {failure.error}{marked}")
+    return lines
 
 
 def to_text_table(report: EvaluationReport) -> str:

@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from edgefrac import metrics
 from edgefrac.cli import main
-from edgefrac.evaluation import Case, FailedCase, ScoredCases, evaluate
-from edgefrac.evaluation_report import to_markdown, to_text_table
+from edgefrac.dataset import file_sha256
+from edgefrac.evaluation import ChangedFile, Case, FailedCase, ScoredCases, evaluate, find_changed_files
+from edgefrac.evaluation_report import failure_lines, to_markdown, to_text_table
 
 CASES = (
     # image_id, label, region, hardware, probability
@@ -36,7 +38,7 @@ def scored_cases(rows=CASES, failed=()) -> ScoredCases:
     return ScoredCases(cases, probabilities, tuple(failed))
 
 
-def report_of(scored=None, threshold=0.5):
+def report_of(scored=None, threshold=0.5, changed=()):
     return evaluate(
         scored or scored_cases(),
         threshold,
@@ -44,6 +46,7 @@ def report_of(scored=None, threshold=0.5):
         model={"path": "m.efm", "kind": "model file", "name": "m"},
         split={"file": "split.json", "name": "test", "images": 8},
         resamples=100,
+        changed=changed,
     )
 
 
@@ -108,6 +111,67 @@ def test_report_lists_failures():
     assert report.to_dict()["failed"][0]["image_id"] == "z"
     assert report.unexpected_failures == 0
     assert "`z`" in to_markdown(report)
+
+
+def test_failure_lines_name_path_and_reason():
+    failures = [
+        FailedCase("z", "data/z.jpg", "TruncatedImageError: data/z.jpg is truncated", expected=True),
+        FailedCase("y", "data/y.jpg", "UnreadableImageError: not an image", expected=False),
+    ]
+    lines = failure_lines(report_of(scored_cases(failed=failures)))
+    assert lines[0] == "images left out because they failed to decode (2):"
+    assert lines[1] == "  data/z.jpg: TruncatedImageError: data/z.jpg is truncated (marked as truncated in the split file)"
+    assert lines[2] == "  data/y.jpg: UnreadableImageError: not an image"
+
+
+def test_failure_lines_empty_without_failures():
+    assert failure_lines(report_of()) == []
+
+
+def test_report_records_changed_files():
+    changed = (ChangedFile("c", "data/c.jpg"),)
+    report = report_of(changed=changed)
+    data = report.to_dict()
+    assert data["split"]["changed_files"] == 1
+    assert data["changed_files"] == [{"image_id": "c", "path": "data/c.jpg"}]
+    assert "Changed files: 1 images differ" in to_text_table(report)
+    assert "`c`: data/c.jpg" in to_markdown(report)
+
+
+def test_report_without_changed_files():
+    data = report_of().to_dict()
+    assert data["split"]["changed_files"] == 0
+    assert data["changed_files"] == []
+    assert "Changed files" not in to_text_table(report_of())
+
+
+def test_find_changed_files(tmp_path, caplog):
+    paths = []
+    for index in range(5):
+        path = tmp_path / f"img{index}.png"
+        Image.fromarray(np.full((8, 8), index * 40, dtype=np.uint8)).save(path)
+        paths.append(path)
+    cases = [Case(path.name, path, 0, sha256=file_sha256(path)) for path in paths]
+    cases.append(Case("unrecorded.png", paths[0], 0, sha256=None))
+    cases.append(Case("missing.png", tmp_path / "missing.png", 0, sha256="0" * 64))
+    for path in paths[1:5]:
+        Image.fromarray(np.full((8, 8), 255, dtype=np.uint8)).save(path)
+
+    with caplog.at_level("WARNING", logger="edgefrac.evaluation"):
+        changed = find_changed_files(cases)
+
+    assert [item.image_id for item in changed] == ["img1.png", "img2.png", "img3.png", "img4.png"]
+    message = caplog.records[-1].getMessage()
+    assert "4 of 7 images differ from the SHA-256 in the split file" in message
+    assert f"{paths[1]}, {paths[2]}, {paths[3]} and 1 more" in message
+
+
+def test_find_changed_files_none_changed(tmp_path, caplog):
+    path = tmp_path / "img.png"
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(path)
+    with caplog.at_level("WARNING", logger="edgefrac.evaluation"):
+        assert find_changed_files([Case("img.png", path, 0, sha256=file_sha256(path))]) == ()
+    assert not caplog.records
 
 
 def test_report_markdown_rows():
@@ -242,3 +306,125 @@ def test_evaluate_missing_split_file(tiny_int8_model, tmp_path):
     result = CliRunner().invoke(main, ["evaluate", str(tiny_int8_model), "--split-file", str(tmp_path / "none.json")])
     assert result.exit_code == 2
     assert "edgefrac split" in result.output
+
+
+def copy_dataset(root: Path, document: dict, target: Path) -> Path:
+    """Copy every image of a split file's dataset into ``target``, keeping relative paths."""
+    for entry in document["entries"]:
+        destination = target / entry["relative_path"]
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.write_bytes((root / entry["relative_path"]).read_bytes())
+    return target
+
+
+@pytest.mark.slow
+def test_evaluate_reports_changed_files(tiny_int8_model, labelled_split, tmp_path):
+    root, split_file = labelled_split
+    document = json.loads(split_file.read_text())
+    victim = next(entry for entry in document["entries"] if entry["split"] == "test" and entry["decodes_fully"])
+    copy = copy_dataset(root, document, tmp_path / "data")
+    # Re-encoding keeps the image decodable, so it is scored, but its bytes no longer match the split file.
+    re_encoded = copy / victim["relative_path"]
+    with Image.open(re_encoded) as image:
+        image.convert("RGB").save(re_encoded, format="JPEG", quality=60)
+
+    result = CliRunner().invoke(
+        main, ["evaluate", str(tiny_int8_model), "--split-file", str(split_file), "--data", str(copy),
+               "--json", "--resamples", "20"]
+    )
+
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["split"]["changed_files"] == 1
+    assert report["changed_files"] == [{"image_id": victim["image_id"], "path": str(re_encoded)}]
+    assert victim["image_id"] in [item["image_id"] for item in report["predictions"]]
+    assert "1 of" in result.stderr
+    assert "images differ from the SHA-256 in the split file" in result.stderr
+    assert str(re_encoded) in result.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_unchanged_dataset(tiny_int8_model, labelled_split):
+    _, split_file = labelled_split
+    result = CliRunner().invoke(
+        main, ["evaluate", str(tiny_int8_model), "--split-file", str(split_file), "--json", "--resamples", "20"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["split"]["changed_files"] == 0
+    assert "SHA-256" not in result.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_table_lists_failures(tiny_int8_model, labelled_split, tmp_path):
+    root, split_file = labelled_split
+    document = json.loads(split_file.read_text())
+    victim = next(entry for entry in document["entries"] if entry["split"] == "test" and entry["decodes_fully"])
+    copy = copy_dataset(root, document, tmp_path / "data")
+    (copy / victim["relative_path"]).write_bytes(b"not an image")
+
+    result = CliRunner().invoke(
+        main, ["evaluate", str(tiny_int8_model), "--split-file", str(split_file), "--data", str(copy),
+               "--resamples", "20"]
+    )
+
+    assert result.exit_code == 3, result.output
+    assert "images left out because they failed to decode (1):" in result.stderr
+    assert f"  {copy / victim['relative_path']}: UnreadableImageError" in result.stderr
+    assert "they are named in the list above" in result.stderr
+    assert "JSON" not in result.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_json_names_failed_list(tiny_int8_model, labelled_split, tmp_path):
+    root, split_file = labelled_split
+    document = json.loads(split_file.read_text())
+    victim = next(entry for entry in document["entries"] if entry["split"] == "test" and entry["decodes_fully"])
+    copy = copy_dataset(root, document, tmp_path / "data")
+    (copy / victim["relative_path"]).write_bytes(b"not an image")
+
+    result = CliRunner().invoke(
+        main, ["evaluate", str(tiny_int8_model), "--split-file", str(split_file), "--data", str(copy),
+               "--json", "--resamples", "20"]
+    )
+
+    assert result.exit_code == 3, result.output
+    assert "in the 'failed' list of the JSON output" in result.stderr
+    assert [item["image_id"] for item in json.loads(result.stdout)["failed"]] == [victim["image_id"]]
+
+
+@pytest.mark.slow
+def test_evaluate_plain_tflite_overrides(tiny_float_tflite, labelled_split):
+    from converters.split import read_split
+    from edgefrac.classifier import FractureClassifier, Overrides
+    from edgefrac.preprocessing import ResizeMethod, ValueScaling
+
+    _, split_file = labelled_split
+    arguments = ["evaluate", str(tiny_float_tflite), "--split-file", str(split_file), "--json", "--resamples", "20"]
+    result = CliRunner().invoke(main, [*arguments, "--scaling", "-1_1", "--resize", "nearest", "--threshold", "0.4"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["model"]["preprocessing"]["scaling"] == "-1_1"
+    assert report["model"]["preprocessing"]["resize"] == "nearest"
+    assert report["threshold"] == {"value": 0.4, "source": "command line"}
+
+    split = read_split(split_file)
+    entries = {entry.image_id: entry for entry in split.subset("test")}
+    overridden = FractureClassifier.from_path(
+        tiny_float_tflite, overrides=Overrides(scaling=ValueScaling.SYMMETRIC, resize=ResizeMethod.NEAREST)
+    )
+    default = FractureClassifier.from_path(tiny_float_tflite)
+    differs = 0
+    for prediction in report["predictions"]:
+        path = split.path_of(entries[prediction["image_id"]])
+        assert prediction["probability"] == pytest.approx(overridden.predict_file(path).probability)
+        differs += prediction["probability"] != pytest.approx(default.predict_file(path).probability)
+    assert differs > 0
+
+
+def test_evaluate_keras_rejects_overrides(labelled_split, tmp_path):
+    _, split_file = labelled_split
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"not read")
+    result = CliRunner().invoke(main, ["evaluate", str(model), "--split-file", str(split_file), "--scaling", "0_1"])
+    assert result.exit_code == 2
+    assert "--scaling, --resize and --output-kind apply to .efm and .tflite models" in result.stderr

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import click
 
+from edgefrac.classifier import Overrides
 from edgefrac.cli import main
+from edgefrac.cli.overrides import infer_options, overrides_from
 from edgefrac.errors import UsageError
-from edgefrac.evaluation import DEFAULT_RESAMPLES, Case, evaluate as evaluate_scores
+from edgefrac.evaluation import DEFAULT_RESAMPLES, Case, evaluate as evaluate_scores, find_changed_files
 from edgefrac.exitcodes import ExitCode
 
 SPLIT_NAMES = ("train", "validation", "test")
@@ -34,16 +36,18 @@ def read_cases(split_file: Path, data: Path | None, split_name: str) -> list[Cas
             region=entry.region,
             hardware=entry.hardware,
             decodes_fully=entry.decodes_fully,
+            sha256=entry.sha256 or None,
         )
         for entry in split.subset(split_name)
     ]
 
 
-def _score_model_file(model: Path, cases: list[Case], threshold: float | None):
-    from edgefrac.classifier import FractureClassifier, Overrides
+def _score_model_file(model: Path, cases: list[Case], overrides: Overrides):
+    from edgefrac.classifier import FractureClassifier
     from edgefrac.evaluation import score_cases
 
-    classifier = FractureClassifier.from_path(model, overrides=Overrides(threshold=threshold))
+    classifier = FractureClassifier.from_path(model, overrides=overrides)
+    threshold = overrides.threshold
     source = "command line" if threshold is not None else "model card"
     if threshold is None and classifier.model.card is None:
         source = "default 0.5 of a model without a card"
@@ -54,6 +58,8 @@ def _score_model_file(model: Path, cases: list[Case], threshold: float | None):
         "architecture": classifier.card.architecture,
         "sha256": classifier.model.sha256,
         "runtime": classifier.runtime.info.describe(),
+        "preprocessing": classifier.preprocessing.to_dict(),
+        "output_kind": classifier.card.output_kind.value,
     }
     return score_cases(classifier, cases), classifier.threshold, source, info
 
@@ -68,6 +74,7 @@ def _score_keras(model: Path, cases: list[Case], threshold: float | None):
     return score_keras_cases(loaded, cases), threshold, "command line", info
 
 
+@infer_options("scaling", "resize", "output_kind")
 @main.command()
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
@@ -103,20 +110,35 @@ def evaluate(
     threshold: float | None,
     resamples: int,
     as_json: bool,
+    scaling: str | None,
+    resize: str | None,
+    output_kind: str | None,
 ) -> None:
     """Evaluate MODEL (.keras, .efm or .tflite) on one split of a split file.
 
     Reports ROC-AUC with a bootstrap 95% CI and sensitivity, specificity,
     PPV, NPV, F1 and accuracy at the model's threshold, overall, per body
     region and with and without orthopaedic hardware. Images that fail to
-    decode are left out and listed. Exits 3 when an image that the split file
-    marks as decodable fails.
+    decode are left out and listed: on stderr with the table, in the
+    'failed' list with --json. Images whose bytes differ from the SHA-256 in
+    the split file are scored, counted and listed as 'changed_files'. Exits 3
+    when an image that the split file marks as decodable fails.
+
+    --scaling, --resize and --output-kind replace the model card's values of
+    an .efm or .tflite model; a plain .tflite has no card and needs them when
+    it was trained otherwise.
     """
-    from edgefrac.evaluation_report import require_matplotlib, to_text_table, write_outputs
+    from edgefrac.evaluation_report import failure_lines, require_matplotlib, to_text_table, write_outputs
 
     suffix = model.suffix.lower()
     if suffix != KERAS_SUFFIX and suffix not in MODEL_FILE_SUFFIXES:
         raise UsageError(f"cannot evaluate {model}: expected a .keras model, an .efm model file or a .tflite file")
+    overrides = overrides_from(threshold=threshold, scaling=scaling, resize=resize, output_kind=output_kind)
+    if suffix == KERAS_SUFFIX and (scaling or resize or output_kind):
+        raise UsageError(
+            "--scaling, --resize and --output-kind apply to .efm and .tflite models; a .keras model takes its "
+            "preprocessing from its training record, so drop them"
+        )
     if output is not None:
         # Fail before the slow scoring rather than after it.
         require_matplotlib()
@@ -124,10 +146,11 @@ def evaluate(
     cases = read_cases(split_file, data, split_name)
     if not cases:
         raise UsageError(f"split {split_name!r} of {split_file} contains no images")
+    changed = find_changed_files(cases)
     if suffix == KERAS_SUFFIX:
         scored, used_threshold, source, model_info = _score_keras(model, cases, threshold)
     else:
-        scored, used_threshold, source, model_info = _score_model_file(model, cases, threshold)
+        scored, used_threshold, source, model_info = _score_model_file(model, cases, overrides)
 
     report = evaluate_scores(
         scored,
@@ -136,6 +159,7 @@ def evaluate(
         model=model_info,
         split={"file": str(split_file), "name": split_name, "images": len(cases)},
         resamples=resamples,
+        changed=changed,
     )
     if output is not None:
         write_outputs(report, output)
@@ -143,10 +167,13 @@ def evaluate(
         click.echo(json.dumps(report.to_dict(), indent=1))
     else:
         click.echo(to_text_table(report), nl=False)
+        for line in failure_lines(report):
+            click.echo(line, err=True)
     if report.unexpected_failures:
+        listed = "in the 'failed' list of the JSON output" if as_json else "in the list above"
         click.echo(
             f"Error: {report.unexpected_failures} images that the split file marks as decodable failed to decode; "
-            "see the 'failed' list in the JSON output",
+            f"they are named {listed}",
             err=True,
         )
         ctx.exit(ExitCode.SOME_INPUTS_FAILED)
