@@ -84,8 +84,10 @@ def failure_lines(report: EvaluationReport) -> list[str]:
         return []
     lines = [f"images left out because they failed to decode ({len(report.failed)}):"]
     for failure in report.failed:
+        # Decoder messages repeat the path after the error type, and the line already starts with it.
+        reason = failure.error.replace(f"{failure.path}: ", "", 1)
         marked = " (marked as truncated in the split file)" if failure.expected else ""
-        lines.append(f"  {failure.path}: {failure.error}{marked}")
+        lines.append(f"  {failure.path}: {reason}{marked}")
     return lines
 
 

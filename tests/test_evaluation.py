@@ -116,7 +116,7 @@ def test_report_lists_failures():
 def test_failure_lines_name_path_and_reason():
     failures = [
         FailedCase("z", "data/z.jpg", "TruncatedImageError: data/z.jpg is truncated", expected=True),
-        FailedCase("y", "data/y.jpg", "UnreadableImageError: not an image", expected=False),
+        FailedCase("y", "data/y.jpg", "UnreadableImageError: data/y.jpg: not an image", expected=False),
     ]
     lines = failure_lines(report_of(scored_cases(failed=failures)))
     assert lines[0] == "images left out because they failed to decode (2):"
