@@ -353,7 +353,7 @@ def test_card_constructor_checks_class_names():
 
 
 # click rejects a directory as --model (dir_okay=False), which makes it a usage error.
-CLI_USAGE_CASES = {"directory"}
+CLI_USAGE_CASES = {"directory", "missing"}
 
 
 @pytest.mark.parametrize("case", LOAD_CASES + ["input_type_disagrees"])

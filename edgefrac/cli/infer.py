@@ -65,7 +65,7 @@ def classifier_options(command):
     options = [
         click.option(
             "--model",
-            type=click.Path(dir_okay=False, path_type=Path),
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
             help="Model file (.efm, or a plain .tflite). Default: the model shipped with edgefrac.",
         ),
         click.option(

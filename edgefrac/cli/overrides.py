@@ -17,6 +17,7 @@ from edgefrac.card import OutputKind
 from edgefrac.classifier import Overrides
 from edgefrac.preprocessing import ResizeMethod, ValueScaling
 
+
 def infer_options(*names: str):
     """Return a decorator that appends copies of ``infer``'s options called ``names`` to a command.
 
