@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from edgefrac.cli import main
-from edgefrac.cli.overrides import infer_options, overrides_from
+from edgefrac.cli.overrides import override_options, overrides_from
 from edgefrac.errors import UsageError
 from edgefrac.exitcodes import ExitCode
 
@@ -30,7 +30,6 @@ def _reference_factory(reference: Path, threshold: float | None, threads: int, a
     return make_reference
 
 
-@infer_options("threshold", "scaling", "resize", "output_kind")
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--threads", "threads", type=int, multiple=True,
@@ -58,6 +57,7 @@ def _reference_factory(reference: Path, threshold: float | None, threads: int, a
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
 @click.option("--report", "report_folder", type=click.Path(path_type=Path, file_okay=False),
               help="Also write report.md, report.json and PNG plots into this folder (needs edgefrac[bench]).")
+@override_options("threshold", "scaling", "resize", "output_kind")
 def bench(
     model: Path,
     threads: tuple[int, ...],

@@ -13,7 +13,7 @@ import click
 
 from edgefrac.classifier import Overrides
 from edgefrac.cli import main
-from edgefrac.cli.overrides import infer_options, overrides_from
+from edgefrac.cli.overrides import override_options, overrides_from
 from edgefrac.errors import UsageError
 from edgefrac.evaluation import DEFAULT_RESAMPLES, Case, evaluate as evaluate_scores, find_changed_files
 from edgefrac.exitcodes import ExitCode
@@ -74,7 +74,6 @@ def _score_keras(model: Path, cases: list[Case], threshold: float | None):
     return score_keras_cases(loaded, cases), threshold, "command line", info
 
 
-@infer_options("scaling", "resize", "output_kind")
 @main.command()
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
@@ -99,6 +98,7 @@ def _score_keras(model: Path, cases: list[Case], threshold: float | None):
     help="Bootstrap resamples of the AUC confidence interval.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON instead of a table.")
+@override_options("scaling", "resize", "output_kind")
 @click.pass_context
 def evaluate(
     ctx: click.Context,

@@ -15,14 +15,14 @@ from pathlib import Path
 import click
 
 from edgefrac.batch import ScoreRecord, Status, Summary, score_files
-from edgefrac.card import DecisionThreshold, OutputKind
+from edgefrac.card import DecisionThreshold
 from edgefrac.classifier import FractureClassifier, Overrides
 from edgefrac.cli import echo_document, main
 from edgefrac.cli.edgetpu import device_delegates, device_option
+from edgefrac.cli.overrides import OPTIONS, overrides_from
 from edgefrac.defaults import default_model_path
 from edgefrac.exitcodes import ExitCode
 from edgefrac.images import DEFAULT_MAX_PIXELS, display_path
-from edgefrac.preprocessing import ResizeMethod, ValueScaling
 from edgefrac.results import AuditLog, CsvResults, json_document
 from edgefrac.runtime import resolve_runtime
 
@@ -79,28 +79,12 @@ def classifier_options(command):
             type=click.Choice(RUNTIME_CHOICES),
             help="TFLite interpreter package. Default: the first installed of litert, tflite_runtime, tensorflow.",
         ),
-        click.option(
-            "--threshold",
-            type=click.FloatRange(0.0, 1.0),
-            help="Probability at or above which an image is labelled fractured. Default: the model card's.",
-        ),
-        click.option(
-            "--scaling",
-            type=click.Choice([member.value for member in ValueScaling]),
-            help="Pixel value range of the model input. Default: the model card's.",
-        ),
-        click.option(
-            "--resize",
-            type=click.Choice([member.value for member in ResizeMethod]),
-            help="Resampling filter used to resize images. Default: the model card's.",
-        ),
+        OPTIONS["threshold"],
+        OPTIONS["scaling"],
+        OPTIONS["resize"],
         click.option("--height", type=click.IntRange(min=1), help="Model input height in pixels. Default: the card's."),
         click.option("--width", type=click.IntRange(min=1), help="Model input width in pixels. Default: the card's."),
-        click.option(
-            "--output-kind",
-            type=click.Choice([member.value for member in OutputKind]),
-            help="Whether the model outputs a probability or a logit. Default: the model card's.",
-        ),
+        OPTIONS["output_kind"],
         click.option(
             "--allow-truncated",
             is_flag=True,
@@ -121,13 +105,13 @@ def classifier_options(command):
             model=kwargs.pop("model"),
             threads=kwargs.pop("threads"),
             runtime=kwargs.pop("runtime_name"),
-            overrides=Overrides(
+            overrides=overrides_from(
                 height=kwargs.pop("height"),
                 width=kwargs.pop("width"),
-                resize=_enum_or_none(ResizeMethod, kwargs.pop("resize")),
-                scaling=_enum_or_none(ValueScaling, kwargs.pop("scaling")),
+                resize=kwargs.pop("resize"),
+                scaling=kwargs.pop("scaling"),
                 threshold=kwargs.pop("threshold"),
-                output_kind=_enum_or_none(OutputKind, kwargs.pop("output_kind")),
+                output_kind=kwargs.pop("output_kind"),
             ),
             allow_truncated=kwargs.pop("allow_truncated"),
             max_pixels=kwargs.pop("max_pixels"),
@@ -137,10 +121,6 @@ def classifier_options(command):
     for option in reversed(options):
         wrapped = option(wrapped)
     return wrapped
-
-
-def _enum_or_none(enum_class, value):
-    return None if value is None else enum_class(value)
 
 
 def build_classifier(settings: ClassifierSettings, *, delegates: tuple = ()) -> FractureClassifier:

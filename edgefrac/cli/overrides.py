@@ -1,15 +1,13 @@
 """Preprocessing and threshold options for the commands that score images with a model file.
 
-``evaluate`` and ``bench`` take the same ``--threshold``, ``--scaling``,
-``--resize`` and ``--output-kind`` options as ``infer``. A plain ``.tflite``
+``infer``, ``capture``, ``evaluate`` and ``bench`` take the same ``--threshold``,
+``--scaling``, ``--resize`` and ``--output-kind`` options. A plain ``.tflite``
 has no model card, so these options are the only way to give it the
-preprocessing it was trained with. The options are copied from the ``infer``
-command, so names, choices and help text stay the same in every command.
+preprocessing it was trained with. Each is defined once here, so names,
+choices and help text are the same in every command.
 """
 
 from __future__ import annotations
-
-import copy
 
 import click
 
@@ -17,21 +15,36 @@ from edgefrac.card import OutputKind
 from edgefrac.classifier import Overrides
 from edgefrac.preprocessing import ResizeMethod, ValueScaling
 
+OPTIONS = {
+    "threshold": click.option(
+        "--threshold",
+        type=click.FloatRange(0.0, 1.0),
+        help="Probability at or above which an image is labelled fractured. Default: the model card's.",
+    ),
+    "scaling": click.option(
+        "--scaling",
+        type=click.Choice([member.value for member in ValueScaling]),
+        help="Pixel value range of the model input. Default: the model card's.",
+    ),
+    "resize": click.option(
+        "--resize",
+        type=click.Choice([member.value for member in ResizeMethod]),
+        help="Resampling filter used to resize images. Default: the model card's.",
+    ),
+    "output_kind": click.option(
+        "--output-kind",
+        type=click.Choice([member.value for member in OutputKind]),
+        help="Whether the model outputs a probability or a logit. Default: the model card's.",
+    ),
+}
 
-def infer_options(*names: str):
-    """Return a decorator that appends copies of ``infer``'s options called ``names`` to a command.
 
-    Put it above ``@main.command()``, because it changes the command object.
-    """
-    from edgefrac.cli.infer import infer
+def override_options(*names: str):
+    """Return a decorator that adds the options called ``names`` (keys of ``OPTIONS``) to a command."""
 
-    options = {param.name: param for param in infer.params}
-    missing = [name for name in names if name not in options]
-    if missing:
-        raise RuntimeError(f"the infer command has no options named {missing}; update {__name__}")
-
-    def add_options(command: click.Command) -> click.Command:
-        command.params.extend(copy.copy(options[name]) for name in names)
+    def add_options(command):
+        for name in reversed(names):
+            command = OPTIONS[name](command)
         return command
 
     return add_options
@@ -43,9 +56,13 @@ def overrides_from(
     scaling: str | None = None,
     resize: str | None = None,
     output_kind: str | None = None,
+    height: int | None = None,
+    width: int | None = None,
 ) -> Overrides:
     """Build the classifier's Overrides from the option values; None keeps the model card's value."""
     return Overrides(
+        height=height,
+        width=width,
         threshold=threshold,
         scaling=None if scaling is None else ValueScaling(scaling),
         resize=None if resize is None else ResizeMethod(resize),
