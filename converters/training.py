@@ -1,10 +1,11 @@
 """Train a fracture classifier on the training split of a split file.
 
 Augmentation runs on training batches only, after the split. Early stopping
-watches validation ROC-AUC and restores the best epoch. The decision threshold
-is then chosen on the validation split to reach a target sensitivity, and the
-model is written as ``NAME.keras`` beside a ``NAME.json`` training record that
-``edgefrac convert`` and ``edgefrac evaluate`` read.
+watches validation ROC-AUC in each phase, and the saved weights are those of
+the best epoch over all phases (for MobileNetV2, head and fine-tuning). The
+decision threshold is then chosen on the validation split to reach a target
+sensitivity, and the model is written as ``NAME.keras`` beside a ``NAME.json``
+training record that ``edgefrac convert`` and ``edgefrac evaluate`` read.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 
 from converters import architectures
 from converters.architectures import Architecture
+from converters.calibration import stratified_sample
 from converters.pixels import load_entries
 from converters.split import read_split
 from converters.tf import keras, tf
@@ -92,7 +94,7 @@ class _EpochLog(keras.callbacks.Callback):
 
 
 class _TimeBudget(keras.callbacks.Callback):
-    """Stop training after the epoch that ends past the budget; early stopping still restores the best epoch."""
+    """Stop training after the epoch that ends past the budget; the best epoch's weights are still restored."""
 
     def __init__(self, deadline: float):
         super().__init__()
@@ -102,6 +104,36 @@ class _TimeBudget(keras.callbacks.Callback):
         if time.monotonic() >= self.deadline:
             logger.info("time budget used up after epoch %d; stopping", epoch + 1)
             self.model.stop_training = True
+
+
+class BestEpoch(keras.callbacks.Callback):
+    """Keep a copy of the weights of the epoch with the highest validation AUC, over every phase it watches.
+
+    One instance is passed to each phase's ``fit``, so a fine-tuning phase that
+    ends below the head phase's best epoch does not replace its weights.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.phase = ""
+        self.val_auc = -np.inf
+        self.epoch: dict | None = None
+        self.snapshot: list | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get("val_auc")
+        if value is None or not value > self.val_auc:
+            return
+        self.val_auc = float(value)
+        self.epoch = {"phase": self.phase, "epoch": epoch + 1, "val_auc": self.val_auc}
+        # Pairs of (variable, value): the order of model.weights may change when layers are
+        # frozen or unfrozen between phases, so the values are restored by variable.
+        self.snapshot = [(variable, np.array(variable.numpy())) for variable in self.model.weights]
+
+    def restore(self) -> None:
+        """Set the watched model's weights to the best epoch's; do nothing before the first epoch."""
+        for variable, value in self.snapshot or ():
+            variable.assign(value)
 
 
 def _scale_in_graph(images, config: PreprocessConfig):
@@ -130,7 +162,11 @@ def _datasets(train_pixels, train_labels, val_pixels, val_labels, config, recipe
         tf.data.Dataset.from_tensor_slices((train_pixels, train_labels.astype(np.float32)))
         .shuffle(len(train_pixels), seed=recipe.seed, reshuffle_each_iteration=True)
         .batch(recipe.batch_size)
-        .map(train_map, num_parallel_calls=tf.data.AUTOTUNE)
+        # The augmentation layers draw from stateful seed generators. Parallel calls would
+        # consume their states in a varying order, so the map runs sequentially (no
+        # num_parallel_calls) and the same --seed gives the same augmented batches.
+        # Prefetch still overlaps the augmentation with training.
+        .map(train_map)
         .prefetch(tf.data.AUTOTUNE)
     )
     validation = (
@@ -155,16 +191,16 @@ def _compile(model, learning_rate: float) -> None:
     )
 
 
-def _fit(model, train, validation, epochs, recipe, class_weight, phase, history, deadline=None):
+def _fit(model, train, validation, epochs, recipe, class_weight, phase, history, best, deadline=None):
+    """Run one training phase, then restore the weights of the best epoch seen so far in any phase."""
     if epochs <= 0:
         return
     if deadline is not None and time.monotonic() >= deadline:
         logger.info("time budget used up; skipping the %s phase", phase)
         return
-    stopper = keras.callbacks.EarlyStopping(
-        monitor="val_auc", mode="max", patience=recipe.patience, restore_best_weights=True
-    )
-    callbacks = [stopper, _EpochLog(phase)]
+    stopper = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=recipe.patience)
+    best.phase = phase
+    callbacks = [stopper, best, _EpochLog(phase)]
     if deadline is not None:
         callbacks.append(_TimeBudget(deadline))
     result = model.fit(
@@ -177,6 +213,9 @@ def _fit(model, train, validation, epochs, recipe, class_weight, phase, history,
     )
     for values in zip(*result.history.values()):
         history.append({"phase": phase, **{k: float(v) for k, v in zip(result.history, values)}})
+    best.restore()
+    if best.epoch is not None:
+        logger.info("kept the weights of %s epoch %d (val_auc %.4f)", best.epoch["phase"], best.epoch["epoch"], best.val_auc)
 
 
 def _read_initial_model(path: str | Path, config: PreprocessConfig):
@@ -242,25 +281,107 @@ def predict_probabilities(model, pixels: np.ndarray, config: PreprocessConfig, b
     return model.predict(scaled, batch_size=batch_size, verbose=0).reshape(-1).astype(np.float64)
 
 
+def check_record_path(split_path: str | Path, output: str | Path) -> None:
+    """Raise UsageError when the training record of ``output`` would overwrite the split file."""
+    record_path = model_record_path(output)
+    if record_path.resolve() == Path(split_path).resolve():
+        raise UsageError(
+            f"--output {output} would write its training record to {record_path}, which is the --split-file; "
+            "pass an --output with another name, such as the split file's name plus '-model.keras'"
+        )
+
+
+def training_subset(entries: list, size: int | None, seed: int) -> list:
+    """Pick ``size`` of the training ``entries``, stratified by label and then by body region.
+
+    Each label gets its share of ``size`` (at least one image when ``size`` is 2
+    or more), and within a label the regions are sampled in proportion.
+    Returns all ``entries`` when ``size`` is None or not smaller.
+    """
+    if size is None or size >= len(entries):
+        return list(entries)
+    by_label = {label: [e for e in entries if e.label == label] for label in sorted({e.label for e in entries})}
+    counts = {label: max(1, round(size * len(members) / len(entries))) for label, members in by_label.items()}
+    # Rounding can overshoot or undershoot by one per label, so the largest class takes the difference.
+    largest = max(by_label, key=lambda label: len(by_label[label]))
+    counts[largest] = max(1, counts[largest] + size - sum(counts.values()))
+    chosen = []
+    for label, members in by_label.items():
+        chosen.extend(stratified_sample(members, min(counts[label], len(members)), seed))
+    return sorted(chosen, key=lambda e: e.image_id)
+
+
+def check_both_classes(split_path: str | Path, name: str, entries: list, hint: str) -> None:
+    """Raise UsageError unless ``entries`` (the ``name`` images) contain both classes."""
+    fractured = sum(entry.label == 1 for entry in entries)
+    not_fractured = len(entries) - fractured
+    if fractured and not_fractured:
+        return
+    raise UsageError(
+        f"the {name} images of split file {split_path} contain {fractured} fractured and {not_fractured} "
+        f"non-fractured decodable images, but training needs both classes in training and validation; {hint}"
+    )
+
+
+def _select_entries(split, split_path, recipe: TrainingRecipe) -> tuple[list, list]:
+    """Return the training and validation entries, checked to contain both classes."""
+    fix_split = "make a new split with edgefrac split from a folder with both classes, or move entries in the split file"
+    train_entries = split.subset("train", decodable_only=True)
+    left_out = len(split.subset("train")) - len(train_entries)
+    logger.info("training split: %d images, %d truncated ones left out", len(train_entries), left_out)
+    check_both_classes(split_path, "training", train_entries, fix_split)
+    val_entries = split.subset("validation", decodable_only=True)
+    check_both_classes(split_path, "validation", val_entries, fix_split)
+
+    if recipe.max_train_images is not None:
+        train_entries = training_subset(train_entries, recipe.max_train_images, recipe.seed)
+        logger.info("training on %d of the training images (--max-train-images)", len(train_entries))
+        check_both_classes(split_path, "selected training", train_entries, "pass a larger --max-train-images")
+    return train_entries, val_entries
+
+
+def _build_model(architecture: Architecture, config: PreprocessConfig, recipe: TrainingRecipe):
+    """Build the model with its starting weights; return (model, MobileNetV2 backbone or None, initial model record)."""
+    # The starting weights are read here, before any image is decoded, so a wrong
+    # --weights or --initial-model file fails at once.
+    initial_model = _read_initial_model(recipe.initial_model, config) if recipe.initial_model else None
+    if architecture is Architecture.CUSTOM_CNN:
+        model, backbone = architectures.build_custom_cnn(config.height), None
+    else:
+        model, backbone = architectures.build_mobilenet_v2(config.height, alpha=recipe.alpha, weights=recipe.weights)
+    initial = None
+    if initial_model is not None:
+        initial = _load_initial_weights(model, initial_model, recipe.initial_model)
+    return model, backbone, initial
+
+
+def _unfreeze_top(backbone, layers: int) -> None:
+    """Make the top ``layers`` backbone layers trainable, except batch normalization."""
+    backbone.trainable = True
+    for layer in backbone.layers[:-layers]:
+        layer.trainable = False
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+
+
 def train(split_path: str | Path, output: str | Path, recipe: TrainingRecipe, data_root: str | Path | None = None) -> dict:
     """Train ``recipe`` on the split at ``split_path`` and write ``output`` (``.keras``) and its record."""
     started = time.monotonic()
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    check_record_path(split_path, output)
     keras.utils.set_random_seed(recipe.seed)
     split = read_split(split_path, data_root)
     architecture = Architecture(recipe.architecture)
     config = architectures.preprocess_config(architecture, recipe.resolution)
-    # Checked before the images are decoded, so a wrong file fails at once.
-    initial_model = _read_initial_model(recipe.initial_model, config) if recipe.initial_model else None
+    train_entries, val_entries = _select_entries(split, split_path, recipe)
+    model, backbone, initial = _build_model(architecture, config, recipe)
 
-    train_entries = split.subset("train", decodable_only=True)
-    left_out = len(split.subset("train")) - len(train_entries)
-    logger.info("training split: %d images, %d truncated ones left out", len(train_entries), left_out)
-    if recipe.max_train_images:
-        train_entries = train_entries[: recipe.max_train_images]
-    train_pixels, train_labels, _ = load_entries(split, train_entries, config)
-    val_pixels, val_labels, val_entries = load_entries(split, split.subset("validation", decodable_only=True), config)
+    train_pixels, train_labels, train_entries = load_entries(split, train_entries, config)
+    val_pixels, val_labels, val_entries = load_entries(split, val_entries, config)
+    missing = "check that --data points at the dataset the split file was made from"
+    check_both_classes(split_path, "decoded training", train_entries, missing)
+    check_both_classes(split_path, "decoded validation", val_entries, missing)
     logger.info(
         "decoded %d training and %d validation images at %dx%d in %.0f s",
         len(train_labels), len(val_labels), config.width, config.height, time.monotonic() - started,
@@ -268,31 +389,23 @@ def train(split_path: str | Path, output: str | Path, recipe: TrainingRecipe, da
     train_data, val_data = _datasets(train_pixels, train_labels, val_pixels, val_labels, config, recipe)
     class_weight = _class_weights(train_labels)
     history: list[dict] = []
+    best = BestEpoch()
     deadline = started + 60.0 * recipe.time_budget_minutes if recipe.time_budget_minutes else None
 
-    initial = None
-    if architecture is Architecture.CUSTOM_CNN:
-        model = architectures.build_custom_cnn(config.height)
-        if initial_model is not None:
-            initial = _load_initial_weights(model, initial_model, recipe.initial_model)
+    if backbone is None:
         _compile(model, recipe.learning_rate)
-        _fit(model, train_data, val_data, recipe.epochs, recipe, class_weight, "train", history, deadline)
+        _fit(model, train_data, val_data, recipe.epochs, recipe, class_weight, "train", history, best, deadline)
     else:
-        model, backbone = architectures.build_mobilenet_v2(config.height, alpha=recipe.alpha, weights=recipe.weights)
-        if initial_model is not None:
-            initial = _load_initial_weights(model, initial_model, recipe.initial_model)
         backbone.trainable = False
         _compile(model, recipe.learning_rate)
-        _fit(model, train_data, val_data, recipe.epochs, recipe, class_weight, "head", history, deadline)
+        _fit(model, train_data, val_data, recipe.epochs, recipe, class_weight, "head", history, best, deadline)
         if recipe.finetune_epochs > 0 and recipe.finetune_layers > 0:
-            backbone.trainable = True
-            for layer in backbone.layers[: -recipe.finetune_layers]:
-                layer.trainable = False
-            for layer in backbone.layers:
-                if isinstance(layer, keras.layers.BatchNormalization):
-                    layer.trainable = False
+            _unfreeze_top(backbone, recipe.finetune_layers)
             _compile(model, recipe.finetune_learning_rate)
-            _fit(model, train_data, val_data, recipe.finetune_epochs, recipe, class_weight, "finetune", history, deadline)
+            _fit(
+                model, train_data, val_data, recipe.finetune_epochs, recipe, class_weight, "finetune", history, best,
+                deadline,
+            )
 
     val_scores = predict_probabilities(model, val_pixels, config)
     threshold = metrics.threshold_for_sensitivity(val_scores, val_labels, recipe.target_sensitivity)
@@ -302,6 +415,7 @@ def train(split_path: str | Path, output: str | Path, recipe: TrainingRecipe, da
     # (Adam keeps two values per weight), and clone_model copies the compiled state. A functional
     # model over the same layers is not compiled, so it saves the weights only.
     inference_model = keras.Model(model.inputs, model.outputs, name=model.name)
+    output.parent.mkdir(parents=True, exist_ok=True)
     inference_model.save(output)
 
     record = {
@@ -322,6 +436,9 @@ def train(split_path: str | Path, output: str | Path, recipe: TrainingRecipe, da
         "validation_auc": val_auc,
         "split_file_sha256": file_sha256(Path(split_path)),
         "split_ids_sha256": {name: split.ids_hash(split.subset(name)) for name in ("train", "validation", "test")},
+        "training_images": len(train_entries),
+        "training_ids_sha256": split.ids_hash(train_entries),
+        "best_epoch": best.epoch,
         "recipe": recipe.to_dict(),
         "initial_model": initial,
         "tensorflow_version": tf.__version__,

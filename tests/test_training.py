@@ -291,3 +291,246 @@ def test_train_without_tensorflow(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "pip install 'edgefrac[convert]'" in result.stderr
+
+
+def _write_split_copy(split_file, path, edit):
+    """Write a copy of ``split_file`` with ``edit(entry)`` applied to every entry."""
+    data = json.loads(split_file.read_text())
+    for entry in data["entries"]:
+        edit(entry)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _weights_of(path):
+    from converters.tf import keras
+
+    return keras.models.load_model(path, compile=False).get_weights()
+
+
+def test_train_augmented_reproducible(labelled_split, tmp_path):
+    _, split_file = labelled_split
+    models = []
+    for name in ("first", "second"):
+        model = tmp_path / name / "aug.keras"
+        arguments = [
+            "train", "--split-file", str(split_file), "--output", str(model), "--resolution", "32",
+            "--epochs", "2", "--batch-size", "8", "--seed", "5",
+        ]
+        result = CliRunner().invoke(main, arguments)
+        assert result.exit_code == 0, result.output
+        models.append(model)
+
+    first, second = (_weights_of(model) for model in models)
+    for a, b in zip(first, second, strict=True):
+        assert np.array_equal(a, b)
+    histories = [json.loads(model.with_suffix(".json").read_text())["history"] for model in models]
+    assert histories[0] == histories[1]
+
+
+def test_train_rejects_record_over_split(labelled_split, tmp_path):
+    import shutil
+
+    _, split_file = labelled_split
+    split_copy = tmp_path / "g5.json"
+    shutil.copy(split_file, split_copy)
+    before = split_copy.read_bytes()
+    result = CliRunner().invoke(main, ["train", "--split-file", str(split_copy), "--output", str(tmp_path / "g5.keras")])
+
+    assert result.exit_code == 2
+    assert f"would write its training record to {split_copy}, which is the --split-file" in result.output
+    assert split_copy.read_bytes() == before
+    assert not (tmp_path / "g5.keras").exists()
+
+
+def _move_fractured_validation(entry):
+    if entry["split"] == "validation" and entry["label"] == 1:
+        entry["split"] = "train"
+
+
+def _move_validation(entry):
+    if entry["split"] == "validation":
+        entry["split"] = "train"
+
+
+def _drop_non_fractured_training(entry):
+    if entry["split"] == "train" and entry["label"] == 0:
+        entry["split"] = "test"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_drop_non_fractured_training, "the training images of split file .* contain \\d+ fractured and 0 non-fractured"),
+        (_move_validation, "the validation images of split file .* contain 0 fractured and 0 non-fractured"),
+        (_move_fractured_validation, "the validation images of split file .* contain 0 fractured and \\d+ non-fractured"),
+    ],
+)
+def test_train_rejects_one_class_split(labelled_split, tmp_path, edit, message):
+    import re
+
+    _, split_file = labelled_split
+    edited = _write_split_copy(split_file, tmp_path / "edited.json", edit)
+    result = CliRunner().invoke(main, ["train", "--split-file", str(edited), "--output", str(tmp_path / "m.keras")])
+
+    assert result.exit_code == 2, result.output
+    assert re.search(message, result.output), result.output
+    assert "make a new split with edgefrac split" in result.output
+    assert "decoded" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--batch-size", "0"),
+        ("--max-train-images", "-50"),
+        ("--max-train-images", "0"),
+        ("--max-train-images", "1"),
+        ("--resolution", "0"),
+        ("--resolution", "16"),
+        ("--epochs", "-1"),
+        ("--finetune-epochs", "-1"),
+        ("--finetune-layers", "-1"),
+        ("--learning-rate", "-1"),
+        ("--finetune-learning-rate", "-0.5"),
+        ("--patience", "-1"),
+        ("--alpha", "0"),
+    ],
+)
+def test_train_option_ranges(labelled_split, tmp_path, option, value):
+    _, split_file = labelled_split
+    arguments = ["train", "--split-file", str(split_file), "--output", str(tmp_path / "m.keras"), option, value]
+    result = CliRunner().invoke(main, arguments)
+
+    assert result.exit_code == 2
+    assert f"Invalid value for '{option}'" in result.output
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--epochs", "0"],
+        ["--epochs", "0", "--finetune-epochs", "2", "--finetune-layers", "3"],
+        ["--arch", "mobilenetv2", "--epochs", "0", "--finetune-epochs", "2"],
+    ],
+)
+def test_train_epochs_zero_trains_nothing(labelled_split, tmp_path, extra):
+    _, split_file = labelled_split
+    arguments = ["train", "--split-file", str(split_file), "--output", str(tmp_path / "m.keras"), *extra]
+    result = CliRunner().invoke(main, arguments)
+
+    assert result.exit_code == 2
+    assert "invalid --epochs 0" in result.output
+    assert "the run would train nothing" in result.output
+
+
+def test_training_subset_stratified():
+    from converters.training import training_subset
+    from edgefrac.splitfile import SplitEntry
+
+    # Sorted by id, the first 10 entries are all fractured.
+    entries = [
+        SplitEntry(image_id=f"a{index:03d}.png", relative_path=f"a{index:03d}.png", label=1, region=region, split="train",
+            hardware=False, sha256=f"{index:064x}", decodes_fully=True)
+        for index, region in enumerate(["hand"] * 6 + ["leg"] * 4)
+    ] + [
+        SplitEntry(image_id=f"b{index:03d}.png", relative_path=f"b{index:03d}.png", label=0, region="hand", split="train",
+            hardware=False, sha256=f"{index + 100:064x}", decodes_fully=True)
+        for index in range(30)
+    ]
+    chosen = training_subset(entries, 8, seed=1)
+
+    assert len(chosen) == 8
+    assert sum(entry.label for entry in chosen) == 2
+    assert {entry.region for entry in chosen if entry.label} == {"hand", "leg"}
+    assert chosen == training_subset(entries, 8, seed=1)
+    assert training_subset(entries, 2, seed=1)[0].label != training_subset(entries, 2, seed=1)[1].label
+    assert training_subset(entries, None, seed=1) == entries
+
+
+def test_train_max_images_records_used_ids(labelled_split, tmp_path):
+    from converters.split import read_split
+    from edgefrac.splitfile import ids_sha256
+
+    _, split_file = labelled_split
+    model = tmp_path / "few.keras"
+    arguments = [
+        "train", "--split-file", str(split_file), "--output", str(model), "--resolution", "32",
+        "--epochs", "1", "--batch-size", "8", "--no-augment", "--max-train-images", "6",
+    ]
+    result = CliRunner().invoke(main, arguments)
+
+    assert result.exit_code == 0, result.output
+    record = json.loads(model.with_suffix(".json").read_text())
+    split = read_split(split_file)
+    assert record["training_images"] == 6
+    assert record["split_ids_sha256"]["train"] == split.ids_hash(split.subset("train"))
+    assert record["training_ids_sha256"] != record["split_ids_sha256"]["train"]
+    assert "training on 6 of the training images" in result.stderr
+    from converters.training import training_subset
+
+    used = training_subset(split.subset("train", decodable_only=True), 6, seed=1234)
+    assert record["training_ids_sha256"] == ids_sha256(entry.image_id for entry in used)
+    assert {entry.label for entry in used} == {0, 1}
+
+
+MOBILENET_05_WEIGHTS = WEIGHTS_DIR / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_224_no_top.h5"
+
+
+def test_train_weights_wrong_alpha(labelled_split, tmp_path):
+    if not MOBILENET_05_WEIGHTS.is_file():
+        pytest.skip(f"MobileNetV2 0.5 weight file not found at {MOBILENET_05_WEIGHTS}")
+    _, split_file = labelled_split
+    arguments = [
+        "train", "--split-file", str(split_file), "--output", str(tmp_path / "m.keras"), "--arch", "mobilenetv2",
+        "--weights", str(MOBILENET_05_WEIGHTS), "--alpha", "0.35", "--resolution", "32", "--epochs", "1",
+    ]
+    result = CliRunner().invoke(main, arguments)
+
+    assert result.exit_code == 2, result.output
+    assert f"weight file {MOBILENET_05_WEIGHTS} is for alpha 0.5, not --alpha 0.35" in result.output
+    assert "decoded" not in result.output
+    assert "Traceback" not in result.output
+
+
+def test_best_epoch_kept_across_phases():
+    from converters.architectures import build_custom_cnn
+    from converters.training import BestEpoch
+
+    model = build_custom_cnn(32)
+    best = BestEpoch()
+    best.set_model(model)
+    best.phase = "head"
+    best.on_epoch_end(0, {"val_auc": 0.6})
+    kept = [np.array(w) for w in model.get_weights()]
+    model.set_weights([w + 1.0 for w in kept])
+    best.phase = "finetune"
+    best.on_epoch_end(0, {"val_auc": 0.4})
+    best.on_epoch_end(1, {"val_auc": float("nan")})
+    best.restore()
+
+    assert best.epoch == {"phase": "head", "epoch": 1, "val_auc": 0.6}
+    for restored, expected in zip(model.get_weights(), kept, strict=True):
+        assert np.array_equal(restored, expected)
+
+
+def test_train_mobilenet_records_best_epoch(labelled_split, tmp_path):
+    from converters.evaluation import load_keras_model
+
+    _, split_file = labelled_split
+    model = tmp_path / "mb.keras"
+    arguments = [
+        "train", "--split-file", str(split_file), "--output", str(model), "--arch", "mobilenetv2",
+        "--resolution", "32", "--epochs", "1", "--finetune-epochs", "1", "--finetune-layers", "10",
+        "--batch-size", "16", "--no-augment",
+    ]
+    result = CliRunner().invoke(main, arguments)
+
+    assert result.exit_code == 0, result.output
+    record = json.loads(model.with_suffix(".json").read_text())
+    phases = [entry["phase"] for entry in record["history"]]
+    assert phases == ["head", "finetune"]
+    best = max(record["history"], key=lambda entry: entry["val_auc"])
+    assert record["best_epoch"]["val_auc"] == pytest.approx(best["val_auc"])
+    assert record["best_epoch"]["phase"] == best["phase"]
+    assert load_keras_model(model).model is not None

@@ -19,6 +19,8 @@ from edgefrac.errors import UsageError
 
 ARCHITECTURES = ("cnn", "mobilenetv2")
 PROGRESS_LOGGERS = ("converters", "edgefrac")
+MIN_RESOLUTION = 32
+"""Smallest input side of `edgefrac train`: MobileNetV2 in Keras needs 32 pixels or more."""
 
 
 def parse_fractions(text: str) -> tuple[float, float, float]:
@@ -119,6 +121,16 @@ def resolve_weights(weights: str, architecture: str) -> str | None:
     return str(path.resolve())
 
 
+def check_epochs(architecture: str, epochs: int, finetune_epochs: int, finetune_layers: int) -> None:
+    """Reject an epoch schedule that trains nothing; only MobileNetV2 fine-tuning may replace the first phase."""
+    finetunes = architecture == "mobilenetv2" and finetune_epochs > 0 and finetune_layers > 0
+    if epochs == 0 and not finetunes:
+        raise UsageError(
+            f"invalid --epochs 0 with --arch {architecture}: the run would train nothing; pass --epochs 1 or more, "
+            "or with --arch mobilenetv2 pass --finetune-epochs and --finetune-layers above 0"
+        )
+
+
 @main.command()
 @click.option(
     "--split-file", "split_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -137,25 +149,38 @@ def resolve_weights(weights: str, architecture: str) -> str | None:
     "--weights", default="none", show_default=True,
     help="MobileNetV2 starting weights: a no-top .h5 file, 'imagenet' (downloaded by Keras) or 'none' (random).",
 )
-@click.option("--alpha", default=0.35, show_default=True, help="MobileNetV2 width multiplier.")
 @click.option(
-    "--resolution", type=int, default=None,
-    help="Input height and width in pixels (default: 128 for cnn, 224 for mobilenetv2).",
+    "--alpha", type=click.FloatRange(min=0.0, min_open=True), default=0.35, show_default=True,
+    help="MobileNetV2 width multiplier.",
 )
 @click.option(
-    "--epochs", default=30, show_default=True,
-    help="Maximum epochs of the first phase (the whole CNN, or the MobileNetV2 head).",
+    "--resolution", type=click.IntRange(min=MIN_RESOLUTION), default=None,
+    help=f"Input height and width in pixels, {MIN_RESOLUTION} or more (default: 128 for cnn, 224 for mobilenetv2).",
 )
-@click.option("--finetune-epochs", default=0, show_default=True, help="Maximum MobileNetV2 fine-tuning epochs.")
 @click.option(
-    "--finetune-layers", default=0, show_default=True,
+    "--epochs", type=click.IntRange(min=0), default=30, show_default=True,
+    help="Maximum epochs of the first phase (the whole CNN, or the MobileNetV2 head). "
+    "0 skips the MobileNetV2 head phase, for a fine-tuning-only run.",
+)
+@click.option(
+    "--finetune-epochs", type=click.IntRange(min=0), default=0, show_default=True,
+    help="Maximum MobileNetV2 fine-tuning epochs.",
+)
+@click.option(
+    "--finetune-layers", type=click.IntRange(min=0), default=0, show_default=True,
     help="Number of top MobileNetV2 backbone layers unfrozen for fine-tuning.",
 )
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--learning-rate", default=1e-3, show_default=True, help="Adam learning rate of the first phase.")
-@click.option("--finetune-learning-rate", default=1e-4, show_default=True, help="Adam learning rate of fine-tuning.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Images per training step.")
 @click.option(
-    "--patience", default=6, show_default=True,
+    "--learning-rate", type=click.FloatRange(min=0.0), default=1e-3, show_default=True,
+    help="Adam learning rate of the first phase.",
+)
+@click.option(
+    "--finetune-learning-rate", type=click.FloatRange(min=0.0), default=1e-4, show_default=True,
+    help="Adam learning rate of fine-tuning.",
+)
+@click.option(
+    "--patience", type=click.IntRange(min=0), default=6, show_default=True,
     help="Epochs without a better validation AUC before early stopping.",
 )
 @click.option("--seed", default=1234, show_default=True, help="Seed of weights, shuffling and augmentation.")
@@ -164,8 +189,8 @@ def resolve_weights(weights: str, architecture: str) -> str | None:
     help="Validation sensitivity the decision threshold must reach.",
 )
 @click.option(
-    "--max-train-images", type=int, default=None,
-    help="Train on the first N training images only (for quick trials).",
+    "--max-train-images", type=click.IntRange(min=2), default=None,
+    help="Train on N training images only, a sample stratified by class and body region (for quick trials).",
 )
 @click.option(
     "--time-budget", "time_budget_minutes", type=click.FloatRange(min=0.0, min_open=True), default=None,
@@ -214,12 +239,15 @@ def train(
         raise UsageError(f"invalid --output {output}: the model path must end in .keras")
     if not 0.0 < target_sensitivity <= 1.0:
         raise UsageError(f"invalid --target-sensitivity {target_sensitivity}: expected a value in (0, 1]")
+    check_epochs(architecture, epochs, finetune_epochs, finetune_layers)
     starting_weights = resolve_weights(weights, architecture)
     if initial_model is not None and not Path(initial_model).is_file():
         raise UsageError(f"invalid --initial-model {initial_model!r}: file not found; pass a .keras file from edgefrac train")
 
-    from converters.training import TrainingRecipe, model_record_path
+    from converters.training import TrainingRecipe, check_record_path, model_record_path
     from converters.training import train as train_model
+
+    check_record_path(split_file, output)
 
     recipe = TrainingRecipe(
         architecture=architecture,
