@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from converters.split import Split, SplitEntry, ids_sha256
-from edgefrac.errors import InputError, UsageError
+from edgefrac.errors import InputError, TruncatedImageError, UsageError
 from edgefrac.images import load_input
 from edgefrac.preprocessing import PreprocessConfig
 
@@ -65,8 +65,14 @@ def stratified_sample(entries: list[SplitEntry], size: int, seed: int) -> list[S
 
 def from_split(split: Split, config: PreprocessConfig, size: int = DEFAULT_CALIBRATION_SIZE, seed: int = 0) -> RepresentativeDataset:
     """Draw the representative dataset from the decodable training images of ``split``."""
-    entries = stratified_sample(split.subset("train", decodable_only=True), size, seed)
-    return _load(entries, [split.path_of(e) for e in entries], config)
+    available = split.subset("train", decodable_only=True)
+    marked = len(split.subset("train")) - len(available)
+    if marked:
+        logger.info("training split: left out %d images that the split file marks as truncated or not decodable", marked)
+    _log_size_cap(size, len(available), "decodable training images")
+    entries = stratified_sample(available, size, seed)
+    hint = "check that --calibration points at the dataset folder the split file was made from"
+    return _load(entries, [split.path_of(e) for e in entries], config, hint)
 
 
 def from_folder(folder: str | Path, config: PreprocessConfig, size: int = DEFAULT_CALIBRATION_SIZE, seed: int = 0) -> RepresentativeDataset:
@@ -76,6 +82,7 @@ def from_folder(folder: str | Path, config: PreprocessConfig, size: int = DEFAUL
     files = image_files(Path(folder))
     if not files:
         raise UsageError(f"no images found under calibration folder {folder}")
+    _log_size_cap(size, len(files), f"image files under {folder}")
     rng = np.random.default_rng(seed)
     picks = sorted(rng.choice(len(files), size=min(size, len(files)), replace=False))
     chosen = [files[i] for i in picks]
@@ -84,20 +91,47 @@ def from_folder(folder: str | Path, config: PreprocessConfig, size: int = DEFAUL
                    sha256="", decodes_fully=True, split="train")
         for p in chosen
     ]
-    return _load(entries, chosen, config)
+    return _load(entries, chosen, config, f"check that --calibration {folder} contains decodable images")
 
 
-def _load(entries: list[SplitEntry], paths: list[Path], config: PreprocessConfig) -> RepresentativeDataset:
+def describe_failure(error: InputError) -> str:
+    """Return the error message, without the hint about an --allow-truncated option that convert lacks."""
+    if isinstance(error, TruncatedImageError):
+        return f"{str(error).split(';')[0]}; re-export the file or leave it out"
+    return str(error)
+
+
+def _log_size_cap(size: int, available: int, what: str) -> None:
+    if size > available:
+        logger.warning("--calibration-size %d exceeds the %d %s; using %d", size, available, what, available)
+
+
+def _load(entries: list[SplitEntry], paths: list[Path], config: PreprocessConfig, hint: str) -> RepresentativeDataset:
     inputs = []
     ids = []
+    truncated = 0
+    failures = []
     for entry, path in zip(entries, paths):
         try:
             inputs.append(load_input(path, config))
+        except TruncatedImageError:
+            truncated += 1
+            continue
         except InputError as error:
-            logger.warning("calibration image %s left out: %s", entry.image_id, error)
+            failures.append((entry.image_id, error))
             continue
         ids.append(entry.image_id)
+    if truncated:
+        logger.warning("representative dataset: %d truncated images left out", truncated)
+    for image_id, error in failures:
+        logger.debug("calibration image %s left out: %s", image_id, error)
+    if failures:
+        logger.warning(
+            "representative dataset: %d of %d images could not be loaded and are left out (first: %s), "
+            "run with -vv to list them",
+            len(failures), len(entries), describe_failure(failures[0][1]),
+        )
     if not inputs:
-        raise UsageError("no calibration image could be decoded")
+        raise UsageError(f"no calibration image could be decoded; {hint}")
     logger.info("representative dataset: %d images at %dx%d", len(ids), config.width, config.height)
     return RepresentativeDataset(inputs=np.stack(inputs).astype(np.float32), image_ids=tuple(ids))

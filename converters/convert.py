@@ -35,15 +35,16 @@ from converters.cards import card_for_model
 from converters.split import Split, read_split
 from converters.tf import keras, tf
 from converters.tflite import Variant, convert
-from converters.training import read_model_record
+from converters.training import model_record_path, read_model_record
 from edgefrac import drift, metrics
 from edgefrac.card import DecisionThreshold, OutputKind
 from edgefrac.classifier import FractureClassifier
 from edgefrac.dataset import file_sha256
-from edgefrac.errors import EdgefracError, InputError, UsageError
+from edgefrac.errors import EdgefracError, InputError, TruncatedImageError, UsageError
 from edgefrac.images import load_input
 from edgefrac.modelfile import LoadedModel, write_model_file
 from edgefrac.preprocessing import PreprocessConfig
+from edgefrac.splitfile import check_training_record
 
 logger = logging.getLogger(__name__)
 
@@ -129,17 +130,22 @@ class _ScoredSplit:
 
 def _score_split(split: Split, name: str, config: PreprocessConfig) -> _ScoredSplit | None:
     entries = split.subset(name, decodable_only=True)
+    marked = len(split.subset(name)) - len(entries)
+    if marked:
+        logger.info("%s split: left out %d images that the split file marks as truncated or not decodable", name, marked)
     if not entries:
         return None
     inputs, ids, labels = [], [], []
+    failures: list[tuple[str, InputError]] = []
     for entry in entries:
         try:
             inputs.append(load_input(split.path_of(entry), config))
         except InputError as error:
-            logger.warning("%s image %s left out: %s", name, entry.image_id, error)
+            failures.append((entry.image_id, error))
             continue
         ids.append(entry.image_id)
         labels.append(entry.label)
+    _report_failures(f"{name} split", failures, len(entries), split.root)
     kept = {e.image_id: e for e in entries}
     groups: dict[str, list[str]] = {}
     for image_id in ids:
@@ -149,6 +155,25 @@ def _score_split(split: Split, name: str, config: PreprocessConfig) -> _ScoredSp
         if entry.hardware is not None:
             groups.setdefault(f"hardware:{'yes' if entry.hardware else 'no'}", []).append(image_id)
     return _ScoredSplit(ids=ids, labels=np.array(labels, dtype=np.int64), inputs=np.stack(inputs), groups=groups)
+
+
+def _report_failures(what: str, failures: list, total: int, root: Path) -> None:
+    """Log how many images of ``what`` failed to load, and raise when none loaded."""
+    if not failures:
+        return
+    for image_id, error in failures:
+        logger.debug("%s image %s left out: %s", what, image_id, error)
+    first_id, first_error = failures[0]
+    logger.warning(
+        "%s: %d of %d images could not be loaded and are left out of the drift figures (first: %s), "
+        "run with -vv to list them",
+        what, len(failures), total, calibration.describe_failure(first_error),
+    )
+    if len(failures) == total:
+        raise UsageError(
+            f"no image of the {what} could be loaded from {root}; check that --calibration points at the "
+            "dataset folder the split file was made from"
+        )
 
 
 def _keras_probabilities(model: keras.Model, inputs: np.ndarray) -> np.ndarray:
@@ -164,28 +189,77 @@ def retune_threshold(
     labels: np.ndarray,
     reference_decisions: np.ndarray,
     target_sensitivity: float,
+    reference_threshold: float | None = None,
 ) -> float:
     """Choose the converted model's threshold among its own output levels.
 
     Candidates are the distinct probabilities the model produced (for an int8
-    output these are its quantization levels). Among those that keep the
-    target sensitivity, the one that agrees most often with the reference
-    model's decisions wins. Ties go to the higher threshold, because it gives the higher specificity.
+    output these are its quantization levels) and ``reference_threshold``.
+    Among those that keep the target sensitivity, the one that agrees most
+    often with the reference model's decisions wins. Ties go to
+    ``reference_threshold``, so a variant whose outputs equal the reference
+    keeps its threshold, and otherwise to the higher threshold, because it
+    gives the higher specificity.
     """
-    levels = np.unique(probabilities)
     positives = labels == 1
-    best: tuple[float, float] | None = None
-    for level in levels:
+
+    def score(level: float) -> float | None:
         decisions = probabilities >= level
         sensitivity = decisions[positives].mean() if positives.any() else 1.0
         if sensitivity + 1e-12 < target_sensitivity:
+            return None
+        return float(np.mean(decisions == reference_decisions))
+
+    best: tuple[float, float] | None = None
+    for level in np.unique(probabilities):
+        agreement = score(level)
+        if agreement is None:
             continue
-        agreement = float(np.mean(decisions == reference_decisions))
         if best is None or agreement > best[1] or (agreement == best[1] and level > best[0]):
             best = (float(level), agreement)
+    if reference_threshold is not None:
+        agreement = score(reference_threshold)
+        if agreement is not None and (best is None or agreement >= best[1]):
+            return float(reference_threshold)
     if best is None:
         return metrics.threshold_for_sensitivity(probabilities, labels, target_sensitivity)
     return best[0]
+
+
+def check_model_output(model, model_path: Path) -> None:
+    """Raise UsageError unless the model ends in one sigmoid unit, the fracture probability.
+
+    The project's architectures end in a Dense(1) layer named ``logit`` and a
+    sigmoid Activation layer; a Dense(1, activation="sigmoid") is accepted too.
+    """
+    expected = (
+        "expected one output unit with a sigmoid activation, such as a Dense(1) layer named 'logit' "
+        "followed by Activation('sigmoid'), as `edgefrac train` builds"
+    )
+    if len(model.outputs) != 1:
+        raise UsageError(f"model {model_path} has {len(model.outputs)} outputs; {expected}")
+    shape = tuple(model.outputs[0].shape)
+    if len(shape) != 2 or shape[-1] != 1:
+        raise UsageError(f"model {model_path} outputs shape {shape}; {expected}")
+    last = model.layers[-1]
+    activation = getattr(getattr(last, "activation", None), "__name__", None)
+    if activation != "sigmoid":
+        raise UsageError(
+            f"model {model_path} ends in layer {last.name!r} with activation {activation or 'none'}, "
+            f"so its output is not a probability; {expected}"
+        )
+
+
+def check_input_size(model, config: PreprocessConfig, model_path: Path, source: str) -> None:
+    """Raise UsageError when the preprocessing size or channels differ from the model's input."""
+    shape = tuple(model.inputs[0].shape)
+    model_size = (shape[1], shape[2], shape[3]) if len(shape) == 4 else shape
+    if model_size != (config.height, config.width, config.channels):
+        raise UsageError(
+            f"{source} is for {config.height}x{config.width} inputs with {config.channels} channels, but model "
+            f"{model_path} takes {shape[1]}x{shape[2]} with {shape[-1]} channels; "
+            "keep the training record that `edgefrac train` wrote for this model beside it"
+        )
 
 
 def convert_keras_model(
@@ -217,13 +291,19 @@ def convert_keras_model(
     target_sensitivity = options.target_sensitivity or recorded_threshold.get("target_sensitivity") or 0.90
     model = keras.models.load_model(model_path, compile=False)
     source_sha256 = file_sha256(model_path)
+    check_model_output(model, model_path)
+    source = "--scaling" if options.preprocessing else f"training record {model_record_path(model_path)}"
+    check_input_size(model, config, model_path, source)
 
     split = read_split(split_path, calibration_dir) if split_path else None
+    if split is not None and record:
+        check_training_record(split_path, split, record, model_path)
     if split is not None:
         representative = calibration.from_split(split, config, options.calibration_size, options.seed)
     else:
         logger.warning("no split file given: calibrating on images from %s without a training split", calibration_dir)
         representative = calibration.from_folder(calibration_dir, config, options.calibration_size, options.seed)
+    _log_correction_images(options, representative)
 
     scored = {}
     if split is not None:
@@ -268,6 +348,15 @@ def convert_keras_model(
     report_path.write_text(json.dumps(report.to_dict(), indent=1) + "\n", encoding="utf-8")
     logger.info("wrote %s", report_path)
     return report
+
+
+def _log_correction_images(options: ConvertOptions, representative) -> None:
+    post = options.post_calibration
+    if Variant.INT8 in options.variants and post.enabled and post.images > len(representative):
+        logger.warning(
+            "--correction-images %d exceeds the %d images of the representative dataset; using %d",
+            post.images, len(representative), len(representative),
+        )
 
 
 def _refine_int8(model, tflite: bytes, output_kind, representative, options: ConvertOptions) -> tuple[bytes, dict]:
@@ -324,7 +413,8 @@ def _finish_variant(
     if "validation" in scored:
         subset, reference = scored["validation"]
         threshold = retune_threshold(
-            candidate_scores["validation"], subset.labels, reference >= reference_threshold, target_sensitivity
+            candidate_scores["validation"], subset.labels, reference >= reference_threshold, target_sensitivity,
+            reference_threshold=float(reference_threshold),
         )
     for split_name, (subset, reference) in scored.items():
         reports[split_name] = drift.compare(

@@ -285,3 +285,156 @@ def test_agreement_noise_tool_on_trained_model(labelled_dataset, split_file, tmp
     assert both["5.000"][0] < 1.0
     # Each row has its own generator, so asking for another row does not change it.
     assert simulate("5")["5.000"] == both["5.000"]
+
+
+def test_retune_threshold_keeps_reference_on_tie():
+    from converters.convert import retune_threshold
+
+    probabilities = np.array([0.5009, 0.5012, 0.5016, 0.5018, 0.5020, 0.5022])
+    labels = np.array([0, 0, 1, 0, 1, 1])
+    reference_threshold = 0.5015
+    reference = probabilities >= reference_threshold
+
+    threshold = retune_threshold(probabilities, labels, reference, 0.4, reference_threshold=reference_threshold)
+
+    assert threshold == reference_threshold
+
+
+def test_retune_threshold_leaves_reference_missing_target():
+    from converters.convert import retune_threshold
+
+    probabilities = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.8])
+    labels = np.array([0, 1, 0, 1, 1, 0])
+    reference = probabilities >= 0.5
+
+    threshold = retune_threshold(probabilities, labels, reference, 0.9, reference_threshold=0.5)
+
+    assert threshold == pytest.approx(0.2)
+
+
+def _convert_cli(*arguments):
+    from click.testing import CliRunner
+
+    from edgefrac.cli import main
+
+    return CliRunner().invoke(main, ["convert", *map(str, arguments)])
+
+
+def _save_model(path: Path, output_layer) -> Path:
+    """Save a 32x32 model whose last layer is ``output_layer``."""
+    from converters.tf import keras
+
+    inputs = keras.Input(shape=(32, 32, 3))
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    model = keras.Model(inputs, output_layer(x))
+    model.save(path)
+    return path
+
+
+def _with_record(model: Path, size: int = 32, **extra) -> Path:
+    record = {
+        "preprocessing": {"height": size, "width": size, "channels": 3, "channel_order": "RGB",
+                          "resize": "bilinear", "scaling": "0_1"},
+        "threshold": {"value": 0.5, "target_sensitivity": 0.9},
+        **extra,
+    }
+    model.with_suffix(".json").write_text(json.dumps(record))
+    return model
+
+
+@pytest.fixture()
+def recorded_model(tiny_keras_model, tmp_path) -> Path:
+    """A copy of the tiny model with a 32x32 training record beside it."""
+    model = tmp_path / "recorded.keras"
+    model.write_bytes(tiny_keras_model.read_bytes())
+    return _with_record(model)
+
+
+@pytest.mark.parametrize("extra", [[], ["--variant", "float16"]], ids=["no-split", "no-int8"])
+def test_max_drift_needs_split_and_int8(tiny_keras_model, labelled_dataset, split_file, tmp_path, extra):
+    split = [] if not extra else ["--split-file", split_file]
+    result = _convert_cli(
+        tiny_keras_model, "--calibration", labelled_dataset, *split, *extra, "--scaling", "0_1",
+        "--max-drift", "0", "--output-dir", tmp_path,
+    )
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert "--max-drift needs --split-file and the int8 variant" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("option", [["--scaling", "0_255"], ["--resize", "nearest"]])
+def test_scaling_rejected_with_record(recorded_model, labelled_dataset, tmp_path, option):
+    result = _convert_cli(recorded_model, "--calibration", labelled_dataset, *option, "--output-dir", tmp_path)
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert "apply only to a model without a training record" in result.output
+    assert str(recorded_model.with_suffix(".json")) in result.output
+
+
+def test_record_size_differs_from_model(recorded_model, labelled_dataset, split_file, tmp_path):
+    _with_record(recorded_model, size=64)
+    result = _convert_cli(
+        recorded_model, "--calibration", labelled_dataset, "--split-file", split_file, "--output-dir", tmp_path,
+    )
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert "is for 64x64 inputs" in result.output
+    assert "takes 32x32" in result.output
+
+
+@pytest.mark.parametrize(
+    ("units", "activation", "message"),
+    [(1, "linear", "with activation linear"), (2, "softmax", "outputs shape (None, 2)")],
+)
+def test_non_sigmoid_output_rejected(labelled_dataset, split_file, tmp_path, units, activation, message):
+    from converters.tf import keras
+
+    model = _with_record(_save_model(tmp_path / "model.keras", keras.layers.Dense(units, activation=activation)))
+    result = _convert_cli(model, "--calibration", labelled_dataset, "--split-file", split_file,
+                          "--output-dir", tmp_path / "out")
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert message in result.output
+    assert "expected one output unit with a sigmoid activation" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_split_other_than_training_rejected(recorded_model, labelled_dataset, tmp_path):
+    from converters.split import make_split, write_split
+
+    trained_on = make_split(labelled_dataset, seed=5, fractions=(0.5, 0.25, 0.25))
+    other = tmp_path / "other-split.json"
+    write_split(make_split(labelled_dataset, seed=6, fractions=(0.5, 0.25, 0.25)), other)
+    _with_record(recorded_model, split_ids_sha256={"train": trained_on.ids_hash(trained_on.subset("train"))})
+    result = _convert_cli(recorded_model, "--calibration", labelled_dataset, "--split-file", other,
+                          "--output-dir", tmp_path / "out")
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert "pass the --split-file the model was trained with" in result.output
+
+
+def test_missing_validation_images_named(recorded_model, labelled_dataset, split_file, tmp_path):
+    from converters.split import read_split
+
+    copy = tmp_path / "data"
+    for entry in read_split(split_file).entries:
+        if entry.split != "validation":
+            target = copy / entry.relative_path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes((labelled_dataset / entry.relative_path).read_bytes())
+    result = _convert_cli(recorded_model, "--calibration", copy, "--split-file", split_file,
+                          "--variant", "float32", "--output-dir", tmp_path / "out")
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert "12 of 12 images could not be loaded" in result.output
+    assert "check that --calibration points at the dataset folder" in result.output
+
+
+def test_calibration_logs_truncated_without_option_hint(labelled_split, caplog):
+    from converters import calibration
+    from edgefrac.preprocessing import PreprocessConfig, ValueScaling
+
+    root, _ = labelled_split
+    config = PreprocessConfig(height=32, width=32, scaling=ValueScaling.UNIT)
+    caplog.set_level("INFO")
+    representative = calibration.from_folder(root, config, size=1000)
+
+    assert "1 truncated images left out" in caplog.text
+    assert "--calibration-size 1000 exceeds" in caplog.text
+    assert "--allow-truncated" not in caplog.text
+    assert len(representative) == sum(1 for _ in (root / "images").rglob("*.jpg")) - 1

@@ -10,7 +10,7 @@ import click
 
 from edgefrac.card import OutputKind
 from edgefrac.cli import main
-from edgefrac.errors import DriftExceededError
+from edgefrac.errors import DriftExceededError, UsageError
 from edgefrac.preprocessing import PreprocessConfig, ResizeMethod, ValueScaling
 
 VARIANT_CHOICES = ("int8", "float32", "float16", "dynamic")
@@ -60,7 +60,8 @@ def _print_table(report) -> None:
                    "(dynamic-range) is written only on request: it is slower than float32 for MobileNetV2 on x86 "
                    "and older runtimes cannot load it.")
 @click.option("--calibration-size", default=300, show_default=True, type=click.IntRange(min=1),
-              help="Number of training images in the representative dataset (stratified by label and region).")
+              help="Number of training images in the representative dataset (stratified by label and region); "
+                   "when fewer are available, all are used and a warning says so.")
 @click.option("--output-kind", type=click.Choice([k.value for k in OutputKind]), default=OutputKind.LOGIT.value,
               show_default=True, help="What the int8 model outputs: the logit (the runtime applies the sigmoid) or "
                                       "the sigmoid probability, which int8 limits to 256 levels.")
@@ -69,12 +70,14 @@ def _print_table(report) -> None:
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0),
               help="Decision threshold of the Keras model [default: the training record's].")
 @click.option("--scaling", type=click.Choice([s.value for s in ValueScaling]),
-              help="Input value scaling when the model has no training record beside it.")
-@click.option("--resize", type=click.Choice([r.value for r in ResizeMethod]), default="bilinear", show_default=True,
-              help="Resize filter when the model has no training record beside it.")
+              help="Input value scaling of a model without a training record beside it (required then). "
+                   "Rejected when the model has a record, because the record states how it was trained.")
+@click.option("--resize", type=click.Choice([r.value for r in ResizeMethod]),
+              help="Resize filter of a model without a training record beside it [default: bilinear]. "
+                   "Rejected when the model has a record.")
 @click.option("--max-drift", type=click.FloatRange(0.0, 1.0),
               help="Exit with code 4 when more than this fraction of validation decisions flip between the Keras "
-                   "model and the int8 model (files are still written).")
+                   "model and the int8 model (files are still written). Needs --split-file and the int8 variant.")
 @click.option("--weight-rounding/--no-weight-rounding", default=True, show_default=True,
               help="After calibration, re-round int8 convolution and dense weights to minimize each layer's output "
                    "error on representative images instead of each weight's own error.")
@@ -85,7 +88,8 @@ def _print_table(report) -> None:
               help="After calibration, remove each int8 convolution's mean output error (measured against a float32 "
                    "conversion) from its bias.")
 @click.option("--correction-images", default=64, show_default=True, type=click.IntRange(min=1),
-              help="Representative images used by weight rounding, range tuning and bias correction. "
+              help="Representative images used by weight rounding, range tuning and bias correction; at most the "
+                   "representative dataset's size (a warning says when it is capped). "
                    "Range tuning is skipped below 16 images, because a few images understate the ranges.")
 @click.option("--seed", default=0, show_default=True, help="Seed for drawing the representative dataset.")
 @click.option("--json", "as_json", is_flag=True, help="Print the conversion report as JSON instead of a table.")
@@ -100,25 +104,24 @@ def convert(model, calibration_dir, split_file, output_dir, name, variants, cali
     to keep the target sensitivity, and the drift against the Keras model on
     the validation and test splits is printed and stored in each file's card.
 
-    Exit codes: 0 converted, 1 conversion failed, 2 invalid options,
-    4 --max-drift exceeded.
+    The model must end in one sigmoid unit. Its preprocessing comes from the
+    training record beside it (NAME.json); --scaling and --resize state it
+    for a model without one. With --split-file, the split must have the
+    training images the record names.
+
+    Exit codes: 0 converted, 1 conversion failed, 2 invalid options (also a
+    model, training record or split file that does not fit), 4 --max-drift
+    exceeded.
     """
     from converters.convert import ConvertOptions, convert_keras_model
     from converters.post_calibration import PostCalibrationOptions
     from converters.tflite import Variant
 
-    preprocessing = None
-    if scaling:
-        from converters.training import read_model_record
-
-        record = read_model_record(model) or {}
-        base = record.get("preprocessing")
-        if base is None:
-            preprocessing = _preprocessing_from_model(model, ValueScaling(scaling), ResizeMethod(resize))
-        else:
-            preprocessing = PreprocessConfig.from_dict({**base, "scaling": scaling, "resize": resize})
+    chosen_variants = tuple(Variant(v) for v in variants) or ConvertOptions().variants
+    _check_max_drift(max_drift, split_file, chosen_variants)
+    preprocessing = _preprocessing_options(model, scaling, resize)
     options = ConvertOptions(
-        variants=tuple(Variant(v) for v in variants) or ConvertOptions().variants,
+        variants=chosen_variants,
         output_kind=OutputKind(output_kind),
         calibration_size=calibration_size,
         seed=seed,
@@ -138,11 +141,44 @@ def convert(model, calibration_dir, split_file, output_dir, name, variants, cali
     else:
         _print_table(report)
     int8 = report.result(Variant.INT8)
-    if max_drift is not None and int8 is not None and int8.validation is not None and int8.validation.exceeds(max_drift):
+    if max_drift is not None and int8.validation is None:
+        raise UsageError(
+            f"--max-drift cannot be checked: split file {split_file} has no decodable validation image; "
+            "make a split with validation images"
+        )
+    if max_drift is not None and int8.validation.exceeds(max_drift):
         raise DriftExceededError(
             f"int8 decisions differ from the Keras model on {int8.validation.overall.disagreement:.2%} of validation "
             f"images, over --max-drift {max_drift:.2%}; see {output_dir}"
         )
+
+
+def _check_max_drift(max_drift, split_file, variants) -> None:
+    from converters.tflite import Variant
+
+    if max_drift is not None and (split_file is None or Variant.INT8 not in variants):
+        raise UsageError(
+            "--max-drift needs --split-file and the int8 variant, because drift is measured only on the "
+            "validation split and only for int8; add them or leave out --max-drift"
+        )
+
+
+def _preprocessing_options(model: Path, scaling: str | None, resize: str | None) -> PreprocessConfig | None:
+    """Return the preprocessing --scaling and --resize state, or None to use the training record's."""
+    from converters.training import model_record_path, read_model_record
+
+    if scaling is None and resize is None:
+        return None
+    record = read_model_record(model)
+    if record is not None and "preprocessing" in record:
+        raise UsageError(
+            f"--scaling and --resize apply only to a model without a training record, and {model_record_path(model)} "
+            f"states its preprocessing ({record['preprocessing'].get('scaling')}, "
+            f"{record['preprocessing'].get('resize')}); leave them out"
+        )
+    if scaling is None:
+        raise UsageError(f"--resize needs --scaling for {model}, which has no training record beside it")
+    return _preprocessing_from_model(model, ValueScaling(scaling), ResizeMethod(resize or ResizeMethod.BILINEAR.value))
 
 
 def _preprocessing_from_model(model: Path, scaling: ValueScaling, resize: ResizeMethod) -> PreprocessConfig:
