@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +118,25 @@ def test_row_independent_of_other_rows(tool):
     other = tool._generator(0, 0.18).normal(size=5)
     assert np.array_equal(first, again)
     assert not np.array_equal(first, other)
+
+
+def test_empty_test_split_rejected(tool, tiny_keras_model, tmp_path, monkeypatch, capsys):
+    from conftest import write_labelled_folder
+
+    from converters.split import make_split, write_split
+
+    data = write_labelled_folder(tmp_path / "data", {(1, "hand"): 3, (0, "hand"): 3}, copies=0, truncated=0)
+    split_file = tmp_path / "split.json"
+    write_split(make_split(data), split_file)
+    model = tmp_path / "tiny.keras"
+    model.write_bytes(tiny_keras_model.read_bytes())
+    preprocessing = {"height": 32, "width": 32, "channels": 3, "channel_order": "RGB", "resize": "bilinear",
+                     "scaling": "0_1"}
+    model.with_suffix(".json").write_text(json.dumps({"preprocessing": preprocessing, "threshold": {"value": 0.5}}))
+    arguments = ["agreement_noise.py", str(model), "--split-file", str(split_file), "--data", str(data),
+                 "--sigma", "0.1", "--draws", "2"]
+    monkeypatch.setattr("sys.argv", arguments)
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main()
+    assert exit_info.value.code == 2
+    assert "the test split has no decodable image" in capsys.readouterr().err

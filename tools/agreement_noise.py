@@ -33,7 +33,7 @@ from converters.tf import keras  # noqa: E402
 from converters.training import read_model_record  # noqa: E402
 from edgefrac.classifier import sigmoid  # noqa: E402
 from edgefrac.drift import logit  # noqa: E402
-from edgefrac.errors import EdgefracError  # noqa: E402
+from edgefrac.errors import EdgefracError, UsageError  # noqa: E402
 from edgefrac.images import load_input  # noqa: E402
 from edgefrac.preprocessing import PreprocessConfig  # noqa: E402
 from edgefrac.splitfile import read_split  # noqa: E402
@@ -42,6 +42,11 @@ from edgefrac.splitfile import read_split  # noqa: E402
 def score(model, split, name: str, config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
     """Return the Keras logits and labels of one split's decodable images."""
     entries = split.subset(name, decodable_only=True)
+    if not entries:
+        raise UsageError(
+            f"the {name} split has no decodable image, and the tool needs images in both validation and test; "
+            "make a split with more images or larger --fractions for those splits"
+        )
     inputs = np.stack([load_input(split.path_of(entry), config) for entry in entries])
     probabilities = model.predict(inputs, batch_size=32, verbose=0).reshape(-1)
     return logit(probabilities), np.array([entry.label for entry in entries], dtype=np.int64)
@@ -121,6 +126,8 @@ def main() -> int:
         keras_logits, labels = {}, {}
         for name in ("validation", "test"):
             keras_logits[name], labels[name] = score(model, split, name, config)
+    except UsageError as error:
+        parser.error(str(error))
     except EdgefracError as error:
         parser.error(f"{error}; check that --data is the folder the split file was written for")
 
