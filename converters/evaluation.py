@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from converters.convert import check_input_size
 from converters.tf import keras
 from converters.training import model_record_path, predict_probabilities, read_model_record
 from edgefrac.errors import InputError, ModelFileError, UsageError
@@ -39,7 +40,8 @@ def load_keras_model(path: str | Path) -> KerasModel:
     """Load ``path`` and its training record.
 
     Raises:
-        UsageError: there is no training record beside the model.
+        UsageError: there is no training record beside the model, or its input
+            size differs from the model's.
         ModelFileError: Keras cannot load the file.
     """
     path = Path(path)
@@ -53,10 +55,12 @@ def load_keras_model(path: str | Path) -> KerasModel:
         model = keras.models.load_model(path, compile=False)
     except (OSError, ValueError) as error:
         raise ModelFileError(f"Keras cannot load {path} ({type(error).__name__}: {error})") from None
+    preprocessing = PreprocessConfig.from_dict(record["preprocessing"])
+    check_input_size(model, preprocessing, path, f"training record {model_record_path(path)}")
     return KerasModel(
         path=path,
         model=model,
-        preprocessing=PreprocessConfig.from_dict(record["preprocessing"]),
+        preprocessing=preprocessing,
         threshold=float(record["threshold"]["value"]),
         architecture=str(record.get("architecture", "unknown")),
     )

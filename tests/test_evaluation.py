@@ -428,3 +428,51 @@ def test_evaluate_keras_rejects_overrides(labelled_split, tmp_path):
     result = CliRunner().invoke(main, ["evaluate", str(model), "--split-file", str(split_file), "--scaling", "0_1"])
     assert result.exit_code == 2
     assert "--scaling, --resize and --output-kind apply to .efm and .tflite models" in result.stderr
+
+
+def _keras_with_record(tiny_keras_model, folder: Path, *, size: int, train_ids_sha256: str | None) -> Path:
+    """Copy the tiny Keras model into ``folder`` with a training record for ``size`` x ``size`` inputs."""
+    model = folder / "tiny.keras"
+    model.write_bytes(tiny_keras_model.read_bytes())
+    record = {
+        "preprocessing": {"height": size, "width": size, "channels": 3, "scaling": "0_1", "resize": "bilinear"},
+        "threshold": {"value": 0.5},
+        "architecture": "cnn",
+    }
+    if train_ids_sha256 is not None:
+        record["split_ids_sha256"] = {"train": train_ids_sha256}
+    (folder / "tiny.json").write_text(json.dumps(record))
+    return model
+
+
+def test_evaluate_keras_other_training_split_exits_2(tiny_keras_model, labelled_split, tmp_path):
+    root, split_file = labelled_split
+    model = _keras_with_record(tiny_keras_model, tmp_path, size=32, train_ids_sha256="0" * 64)
+    result = CliRunner().invoke(
+        main, ["evaluate", str(model), "--split-file", str(split_file), "--data", str(root), "--resamples", "20"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "differ from those" in result.stderr
+    assert "pass the --split-file the model was trained with" in result.stderr
+
+
+def test_evaluate_keras_same_training_split_runs(tiny_keras_model, labelled_split, tmp_path):
+    from edgefrac.splitfile import read_split
+
+    root, split_file = labelled_split
+    split = read_split(split_file, root)
+    model = _keras_with_record(tiny_keras_model, tmp_path, size=32, train_ids_sha256=split.ids_hash(split.subset("train")))
+    result = CliRunner().invoke(
+        main, ["evaluate", str(model), "--split-file", str(split_file), "--data", str(root), "--resamples", "20"]
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_evaluate_keras_record_size_differs_exits_2(tiny_keras_model, labelled_split, tmp_path):
+    root, split_file = labelled_split
+    model = _keras_with_record(tiny_keras_model, tmp_path, size=64, train_ids_sha256=None)
+    result = CliRunner().invoke(
+        main, ["evaluate", str(model), "--split-file", str(split_file), "--data", str(root), "--resamples", "20"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "is for 64x64 inputs with 3 channels" in result.stderr

@@ -64,10 +64,14 @@ def _score_model_file(model: Path, cases: list[Case], overrides: Overrides):
     return score_cases(classifier, cases), classifier.threshold, source, info
 
 
-def _score_keras(model: Path, cases: list[Case], threshold: float | None):
+def _score_keras(model: Path, cases: list[Case], threshold: float | None, split_file: Path, data: Path | None):
     from converters.evaluation import load_keras_model, score_keras_cases
+    from converters.training import read_model_record
+    from edgefrac.splitfile import check_training_record, read_split
 
     loaded = load_keras_model(model)
+    # The record names the training images, so a split file from another training run is caught here.
+    check_training_record(split_file, read_split(split_file, data), read_model_record(model), model)
     info = {"path": str(model), "kind": "keras", "name": model.stem, "architecture": loaded.architecture}
     if threshold is None:
         return score_keras_cases(loaded, cases), loaded.threshold, "training record", info
@@ -148,7 +152,7 @@ def evaluate(
         raise UsageError(f"split {split_name!r} of {split_file} contains no images")
     changed = find_changed_files(cases)
     if suffix == KERAS_SUFFIX:
-        scored, used_threshold, source, model_info = _score_keras(model, cases, threshold)
+        scored, used_threshold, source, model_info = _score_keras(model, cases, threshold, split_file, data)
     else:
         scored, used_threshold, source, model_info = _score_model_file(model, cases, overrides)
 
