@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from corpus import CASES, DICOM_CASES, SCORED, build_exif_orientations, build_unreadable, jpeg_bytes
-from edgefrac.batch import display_path
+from edgefrac.batch import utf8_path
 from edgefrac.exitcodes import ExitCode
 
 EDGEFRAC_SCRIPT = Path(sys.executable).parent / "edgefrac"
@@ -265,7 +265,7 @@ def test_resume_retries_only_errors(corpus, first_run, tiny_int8_model, tmp_path
     assert PRIVATE_MARKER.encode() not in second.completed.stderr
 
     document = json.loads(second.completed.stdout)
-    assert {entry["path"] for entry in document["results"]} == {display_path(path) for path in error_paths}
+    assert {entry["path"] for entry in document["results"]} == {utf8_path(path) for path in error_paths}
     assert document["summary"]["skipped"] == len(ok_rows)
 
     rows = second.rows()
@@ -280,4 +280,4 @@ def test_allow_truncated_scores_cut_files(corpus, tiny_int8_model, tmp_path):
     assert run.completed.returncode == ExitCode.SOME_INPUTS_FAILED, run.completed.stderr.decode()
     scored = statuses(run.rows())
     for path in corpus.truncated:
-        assert scored[path] == "ok", path
+        assert scored[path] == "truncated", path
