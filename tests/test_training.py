@@ -406,22 +406,31 @@ def test_train_option_ranges(labelled_split, tmp_path, option, value):
     assert f"Invalid value for '{option}'" in result.output
 
 
-@pytest.mark.parametrize(
-    "extra",
-    [
-        ["--epochs", "0"],
-        ["--epochs", "0", "--finetune-epochs", "2", "--finetune-layers", "3"],
-        ["--arch", "mobilenetv2", "--epochs", "0", "--finetune-epochs", "2"],
-    ],
-)
-def test_train_epochs_zero_trains_nothing(labelled_split, tmp_path, extra):
+def test_train_epochs_zero_trains_nothing(labelled_split, tmp_path):
     _, split_file = labelled_split
-    arguments = ["train", "--split-file", str(split_file), "--output", str(tmp_path / "m.keras"), *extra]
+    arguments = ["train", "--split-file", str(split_file), "--output", str(tmp_path / "m.keras"), "--epochs", "0"]
     result = CliRunner().invoke(main, arguments)
 
     assert result.exit_code == 2
     assert "invalid --epochs 0" in result.output
     assert "the run would train nothing" in result.output
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--finetune-epochs", "2", "--finetune-layers", "3"], "apply to --arch mobilenetv2 only"),
+        (["--arch", "mobilenetv2", "--epochs", "0", "--finetune-epochs", "2"], "needs both --finetune-epochs"),
+        (["--arch", "mobilenetv2", "--finetune-layers", "4"], "needs both --finetune-epochs"),
+    ],
+)
+def test_train_finetune_options_checked(labelled_split, tmp_path, extra, message):
+    _, split_file = labelled_split
+    arguments = ["train", "--split-file", str(split_file), "--output", str(tmp_path / "m.keras"), *extra]
+    result = CliRunner().invoke(main, arguments)
+
+    assert result.exit_code == 2
+    assert message in result.output
 
 
 def test_training_subset_stratified():

@@ -122,7 +122,20 @@ def resolve_weights(weights: str, architecture: str) -> str | None:
 
 
 def check_epochs(architecture: str, epochs: int, finetune_epochs: int, finetune_layers: int) -> None:
-    """Reject an epoch schedule that trains nothing; only MobileNetV2 fine-tuning may replace the first phase."""
+    """Reject an epoch schedule that trains nothing or names a fine-tuning phase that would not run.
+
+    Only MobileNetV2 has a fine-tuning phase, and it runs when both of its options are above 0.
+    """
+    if architecture != "mobilenetv2" and (finetune_epochs or finetune_layers):
+        raise UsageError(
+            f"--finetune-epochs and --finetune-layers apply to --arch mobilenetv2 only; drop them for --arch "
+            f"{architecture}"
+        )
+    if bool(finetune_epochs) != bool(finetune_layers):
+        raise UsageError(
+            f"fine-tuning needs both --finetune-epochs and --finetune-layers above 0 (got {finetune_epochs} and "
+            f"{finetune_layers}); pass both, or neither for a head-only run"
+        )
     finetunes = architecture == "mobilenetv2" and finetune_epochs > 0 and finetune_layers > 0
     if epochs == 0 and not finetunes:
         raise UsageError(
