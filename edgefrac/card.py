@@ -80,8 +80,26 @@ class DecisionThreshold:
 
     @classmethod
     def from_dict(cls, data: dict) -> DecisionThreshold:
+        if not isinstance(data, dict):
+            raise ValueError(f"expected an object with a 'value' entry, got {data!r}")
         fields = {f.name for f in dataclasses.fields(cls)} - {"value"}
-        return cls(data["value"], **{k: v for k, v in data.items() if k in fields})
+        values = {k: v for k, v in data.items() if k in fields}
+        for name in ("target_sensitivity", "sensitivity", "specificity"):
+            if values.get(name) is not None and not _is_fraction(values[name]):
+                raise ValueError(f"{name} {values[name]!r} is not a number in [0, 1]")
+        images = values.get("images")
+        if images is not None and (not _is_number(images) or images != int(images) or images < 0):
+            raise ValueError(f"images {images!r} is not a count")
+        return cls(data["value"], **values)
+
+
+def _is_number(value) -> bool:
+    """Return whether ``value`` is a finite JSON number (``true`` and ``false`` are not numbers)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_fraction(value) -> bool:
+    return _is_number(value) and 0.0 <= value <= 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +120,7 @@ class ModelCard:
     def __post_init__(self) -> None:
         object.__setattr__(self, "output_kind", OutputKind(self.output_kind))
         value = self.threshold.value
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= 1.0):
+        if not _is_fraction(value):
             raise ModelFileError(f"model card threshold {value!r} is invalid: expected a probability in [0, 1]")
         check_class_names(self.class_names)
 
@@ -182,6 +200,11 @@ def check_class_names(names: tuple[str, ...]) -> None:
     if len(names) != 2:
         raise ModelFileError(f"model card lists {len(names)} class names {list(names)}; expected 2")
     negative, positive = names
+    if not all(name.isprintable() for name in names):
+        raise ModelFileError(
+            f"model card class_names {list(names)} are invalid: they contain control characters, which would "
+            "corrupt the results table; convert the model again with plain names"
+        )
     if not negative.strip() or not positive.strip() or negative.strip() == positive.strip():
         raise ModelFileError(
             f"model card class_names {list(names)} are invalid: expected two distinct non-empty names"

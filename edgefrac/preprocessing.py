@@ -110,13 +110,21 @@ class PreprocessConfig:
     @classmethod
     def from_dict(cls, data: dict) -> PreprocessConfig:
         return cls(
-            height=int(data["height"]),
-            width=int(data["width"]),
-            channels=int(data.get("channels", 3)),
+            height=_whole_number(data, "height"),
+            width=_whole_number(data, "width"),
+            channels=_whole_number(data, "channels", 3),
             channel_order=str(data.get("channel_order", "RGB")),
             resize=ResizeMethod(data.get("resize", "bilinear")),
             scaling=ValueScaling(data.get("scaling", "0_1")),
         )
+
+
+def _whole_number(data: dict, name: str, default: int | None = None) -> int:
+    """Return ``data[name]`` when it is a JSON integer; text such as "128" or a float such as 128.0 is refused."""
+    value = data[name] if default is None else data.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} {value!r} is not a whole number")
+    return value
 
 
 def to_model_input(pixels: np.ndarray, config: PreprocessConfig) -> np.ndarray:

@@ -276,6 +276,30 @@ INVALID_CARDS = {
         edited_card(lambda card: card.update(class_names="ab")),
         ["field 'class_names' is invalid", "expected a list of two strings"],
     ),
+    "class_name_control_characters": (
+        edited_card(lambda card: card.update(class_names=["not_fractured", "frac\x1b[31mtured\r\n"])),
+        ["contain control characters"],
+    ),
+    "threshold_true": (
+        edited_card(lambda card: card["threshold"].update(value=True)),
+        ["threshold True is invalid", "expected a probability in [0, 1]"],
+    ),
+    "threshold_bare_number": (
+        edited_card(lambda card: card.update(threshold=0.5)),
+        ["field 'threshold' is invalid", "expected an object with a 'value' entry"],
+    ),
+    "sensitivity_seven": (
+        edited_card(lambda card: card["threshold"].update(sensitivity=7)),
+        ["field 'threshold' is invalid", "sensitivity 7 is not a number in [0, 1]"],
+    ),
+    "height_text": (
+        edited_card(lambda card: card["preprocessing"].update(height="224")),
+        ["field 'preprocessing' is invalid", "height '224' is not a whole number"],
+    ),
+    "width_float": (
+        edited_card(lambda card: card["preprocessing"].update(width=224.0)),
+        ["field 'preprocessing' is invalid", "width 224.0 is not a whole number"],
+    ),
 }
 
 
