@@ -107,7 +107,7 @@ def expand_targets(targets: Iterable[str], unlistable: list[UnlistableFolder] | 
             if key not in seen:
                 seen.add(key)
                 files.append(path)
-    if not files and not any(Path(target).is_dir() for target in targets):
+    if not files and not any(_is_dir(Path(target)) for target in targets):
         raise UsageError(
             "no image or DICOM files found in the given targets; expected files with one of the suffixes "
             + ", ".join(sorted(SCORED_SUFFIXES))
@@ -115,9 +115,25 @@ def expand_targets(targets: Iterable[str], unlistable: list[UnlistableFolder] | 
     return files
 
 
+def _is_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _expand_one(target: str, unlistable: list[UnlistableFolder] | None) -> list[Path]:
     path = Path(target)
-    if path.is_dir():
+    try:
+        mode = os.stat(path).st_mode
+    except PermissionError:
+        # A file inside a folder this user cannot enter: scoring it gives a row with the reason.
+        mode = None
+        if not is_pattern(target):
+            return [path]
+    except OSError:
+        mode = None
+    if mode is not None and stat.S_ISDIR(mode):
         failures: list[UnlistableFolder] = []
         found = list(walk_folder(path, failures))
         if unlistable is not None:
@@ -125,16 +141,18 @@ def _expand_one(target: str, unlistable: list[UnlistableFolder] | None) -> list[
         if not found and not failures:
             logger.warning("folder %s contains no image or DICOM files", display_path(path))
         return found
-    if path.is_file() or os.path.islink(path):
+    if (mode is not None and stat.S_ISREG(mode)) or os.path.islink(path):
         return [path]
     if is_pattern(target):
+        # NOTE: glob skips folders it cannot list without an error, so a pattern such as
+        # 'scans/**/*.jpg' leaves out an unreadable subfolder silently; pass the folder itself to get a row for it.
         matches = sorted(glob.glob(target, recursive=True))
         if not matches:
             raise UsageError(f"pattern {target!r} matches no files; check the pattern and the current folder")
         found = []
         for match in matches:
             match_path = Path(match)
-            if match_path.is_dir():
+            if _is_dir(match_path):
                 found.extend(walk_folder(match_path, unlistable))
             elif match_path.suffix.lower() in SCORED_SUFFIXES:
                 found.append(match_path)

@@ -129,3 +129,22 @@ def test_unreadable_file_left_out(tmp_path):
         assert list(walk_folder(tmp_path)) == [image]
     finally:
         hidden.chmod(0o644)
+
+
+def test_file_in_locked_folder_kept(tmp_path, monkeypatch):
+    # Root may enter any folder, so the PermissionError a user without access gets is raised here instead.
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    image = locked / "scan.jpg"
+    image.write_bytes(b"x")
+    real_stat = os.stat
+
+    def stat(path, *args, **kwargs):
+        if os.fspath(path).startswith(os.fspath(locked) + os.sep):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat)
+    assert expand_targets([str(image)]) == [image]
+    with pytest.raises(UsageError, match="matches no files"):
+        expand_targets([str(locked / "*.png")])
