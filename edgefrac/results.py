@@ -220,6 +220,8 @@ class CsvResults:
             )
         if self.retried:
             logger.info("%s: scoring %d file(s) with an error or truncated row again", self.path, self.retried)
+        if legacy:
+            ok_rows = self._upgrade_legacy_rows(ok_rows)
         if self.retried or legacy:
             self._rewrite(ok_rows)
         elif complete_length < len(data):
@@ -232,6 +234,27 @@ class CsvResults:
                 self.path, unhashed,
             )
         self._ok_rows = {_key(row[0]): row for row in ok_rows}
+
+    def _upgrade_legacy_rows(self, rows: list[list[str]]) -> list[list[str]]:
+        """Give rows from an older table absolute paths and this run's preprocessing, with a warning for each."""
+        relative = [row for row in rows if not os.path.isabs(row[0])]
+        if relative:
+            logger.warning(
+                "%s: %d row(s) written by an older edgefrac have paths relative to the folder that run was "
+                "started in; they are taken as relative to the current folder %s",
+                self.path, len(relative), os.getcwd(),
+            )
+        if self.preprocessing and any(not row[9] for row in rows):
+            logger.warning(
+                "%s: rows written by an older edgefrac do not record their preprocessing; they are taken to "
+                "match this run's (%s). Use a new --csv path if the earlier run used other --scaling, --resize "
+                "or --output-kind values",
+                self.path, self.preprocessing,
+            )
+        return [
+            [_absolute(row[0]), *row[1:9], row[9] or self.preprocessing]
+            for row in rows
+        ]
 
     def _check_same_model(self, rows: list[list[str]]) -> None:
         for row in rows:
@@ -314,7 +337,7 @@ class CsvResults:
         """Append and sync the row for ``record``."""
         row = _format_row(
             (
-                _key(record.path),
+                _absolute(record.path),
                 record.status.value,
                 "" if record.probability is None else repr(record.probability),
                 record.label or "",
@@ -349,8 +372,19 @@ def _parse_float(text: str) -> float | None:
         return None
 
 
-def _key(path: str) -> str:
+def _absolute(path: str) -> str:
     return os.path.normpath(os.path.abspath(path))
+
+
+def _key(path: str) -> str:
+    """Return the name a file is matched by on resume: its folder with links resolved, then its own name.
+
+    A file reached through a linked folder matches its row from a run through
+    the real folder. A link to a file keeps its own name, because each name an
+    archive lists gets its own row.
+    """
+    folder, name = os.path.split(_absolute(path))
+    return os.path.join(os.path.realpath(folder), name)
 
 
 def reject_non_regular(path: Path, option: str) -> None:

@@ -313,3 +313,33 @@ def test_disk_full_error(tmp_path):
     with pytest.raises(OutputWriteError, match="no space left on device"):
         output.append(b"row\n")
     output.close()
+
+
+def test_legacy_relative_paths_made_absolute(tmp_path, monkeypatch, caplog):
+    csv_path = tmp_path / "out.csv"
+    header = ",".join(LEGACY_CSV_COLUMNS[0])
+    csv_path.write_text(f"{header}\nscans/a.jpg,ok,0.75,fractured,0.5,,{MODEL_SHA},0.0.1,{INPUT_SHA}\n")
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="edgefrac.results"):
+        table = CsvResults(csv_path, model_sha256=MODEL_SHA, threshold=0.5, preprocessing="32x32 RGB bilinear 0_1 logit")
+    with table:
+        assert table.is_done(tmp_path / "scans" / "a.jpg", INPUT_SHA)
+    messages = " ".join(record.getMessage() for record in caplog.records)
+    assert "taken as relative to the current folder" in messages
+    assert "do not record their preprocessing" in messages
+    rows = _rows(csv_path)
+    assert rows[0]["path"] == str(tmp_path / "scans" / "a.jpg")
+    assert rows[0]["preprocessing"] == "32x32 RGB bilinear 0_1 logit"
+    with pytest.raises(UsageError, match="preprocessing"):
+        CsvResults(csv_path, model_sha256=MODEL_SHA, threshold=0.5, preprocessing="32x32 RGB nearest 0_1 logit")
+
+
+def test_linked_folder_matches_real_folder(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    csv_path = tmp_path / "out.csv"
+    _write(csv_path, [_ok(str(real / "a.jpg"))])
+    with CsvResults(csv_path, model_sha256=MODEL_SHA, threshold=0.5) as table:
+        assert table.is_done(tmp_path / "link" / "a.jpg", INPUT_SHA)
+        assert not table.is_done(tmp_path / "link" / "b.jpg", INPUT_SHA)
