@@ -282,13 +282,29 @@ def predict_probabilities(model, pixels: np.ndarray, config: PreprocessConfig, b
 
 
 def check_record_path(split_path: str | Path, output: str | Path) -> None:
-    """Raise UsageError when the training record of ``output`` would overwrite the split file."""
+    """Raise UsageError when the training record of ``output`` would overwrite the split file or another file.
+
+    An existing training record is replaced, as a new model replaces the old one.
+    """
     record_path = model_record_path(output)
     if record_path.resolve() == Path(split_path).resolve():
         raise UsageError(
             f"--output {output} would write its training record to {record_path}, which is the --split-file; "
             "pass an --output with another name, such as the split file's name plus '-model.keras'"
         )
+    if record_path.exists() and not _is_training_record(record_path):
+        raise UsageError(
+            f"--output {output} would write its training record to {record_path}, which exists and is not a "
+            "training record; pass an --output with another name, or move that file"
+        )
+
+
+def _is_training_record(path: Path) -> bool:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(document, dict) and document.get("format") == RECORD_FORMAT
 
 
 def training_subset(entries: list, size: int | None, seed: int) -> list:

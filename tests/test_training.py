@@ -343,6 +343,28 @@ def test_train_rejects_record_over_split(labelled_split, tmp_path):
     assert not (tmp_path / "g5.keras").exists()
 
 
+def test_train_rejects_record_over_other_file(labelled_split, tmp_path):
+    _, split_file = labelled_split
+    other = tmp_path / "other.json"
+    other.write_text('{"notes": "not a training record"}')
+    result = CliRunner().invoke(main, ["train", "--split-file", str(split_file), "--output", str(tmp_path / "other.keras")])
+
+    assert result.exit_code == 2
+    assert "which exists and is not a training record" in result.output
+    assert other.read_text() == '{"notes": "not a training record"}'
+
+
+@pytest.mark.parametrize("option", ["--learning-rate", "--finetune-learning-rate", "--alpha"])
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_train_rejects_non_finite_rates(labelled_split, tmp_path, option, value):
+    _, split_file = labelled_split
+    arguments = ["train", "--split-file", str(split_file), "--output", str(tmp_path / "m.keras"), option, value]
+    result = CliRunner().invoke(main, arguments)
+
+    assert result.exit_code == 2
+    assert "is not a finite number" in result.output
+
+
 def _move_fractured_validation(entry):
     if entry["split"] == "validation" and entry["label"] == 1:
         entry["split"] = "train"

@@ -8,6 +8,7 @@ import click
 
 from edgefrac.cli import main
 from edgefrac.cli.overrides import override_options, overrides_from
+from edgefrac.cli.types import FiniteFloatRange
 from edgefrac.errors import UsageError
 from edgefrac.exitcodes import ExitCode
 
@@ -48,10 +49,10 @@ def _reference_factory(reference: Path, threshold: float | None, threads: int, a
 @click.option("--reference", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Full-precision model to measure drift against: a float .tflite or .efm, or a .keras file "
                    "(needs TensorFlow). Needs a labelled --data folder.")
-@click.option("--reference-threshold", type=click.FloatRange(0.0, 1.0),
+@click.option("--reference-threshold", type=FiniteFloatRange(0.0, 1.0),
               help="Decision threshold of the reference. Default: its model card or training record; a plain "
                    ".tflite without a card uses this model's card threshold.")
-@click.option("--max-drift", type=click.FloatRange(0.0, 1.0),
+@click.option("--max-drift", type=FiniteFloatRange(0.0, 1.0),
               help="Largest allowed fraction of images whose decision flipped against --reference; "
                    "above it the command exits with code 4.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")

@@ -18,6 +18,7 @@ from edgefrac.camera import (
 from edgefrac.cli import main
 from edgefrac.cli.edgetpu import device_delegates, device_option
 from edgefrac.cli.infer import ClassifierSettings, build_classifier, classifier_options
+from edgefrac.cli.types import FiniteFloatRange
 
 
 @main.command()
@@ -33,7 +34,7 @@ from edgefrac.cli.infer import ClassifierSettings, build_classifier, classifier_
 )
 @click.option("--camera-index", type=click.IntRange(min=0), default=0, show_default=True, help="libcamera camera number.")
 @click.option(
-    "--warmup", type=click.FloatRange(min=0.0), default=DEFAULT_WARMUP_SECONDS, show_default=True,
+    "--warmup", type=FiniteFloatRange(min=0.0), default=DEFAULT_WARMUP_SECONDS, show_default=True,
     help="Seconds to let auto exposure and white balance settle before the still.",
 )
 @device_option

@@ -10,6 +10,7 @@ import click
 
 from edgefrac.card import OutputKind
 from edgefrac.cli import main
+from edgefrac.cli.types import FiniteFloatRange
 from edgefrac.errors import DriftExceededError, UsageError
 from edgefrac.preprocessing import PreprocessConfig, ResizeMethod, ValueScaling
 
@@ -65,9 +66,9 @@ def _print_table(report) -> None:
 @click.option("--output-kind", type=click.Choice([k.value for k in OutputKind]), default=OutputKind.LOGIT.value,
               show_default=True, help="What the int8 model outputs: the logit (the runtime applies the sigmoid) or "
                                       "the sigmoid probability, which int8 limits to 256 levels.")
-@click.option("--target-sensitivity", type=click.FloatRange(0.0, 1.0, min_open=True),
+@click.option("--target-sensitivity", type=FiniteFloatRange(0.0, 1.0, min_open=True),
               help="Sensitivity the re-tuned int8 threshold must keep on validation [default: the training record's].")
-@click.option("--threshold", type=click.FloatRange(0.0, 1.0),
+@click.option("--threshold", type=FiniteFloatRange(0.0, 1.0),
               help="Decision threshold of the Keras model [default: the training record's].")
 @click.option("--scaling", type=click.Choice([s.value for s in ValueScaling]),
               help="Input value scaling of a model without a training record beside it (required then). "
@@ -75,7 +76,7 @@ def _print_table(report) -> None:
 @click.option("--resize", type=click.Choice([r.value for r in ResizeMethod]),
               help="Resize filter of a model without a training record beside it [default: bilinear]. "
                    "Rejected when the model has a record.")
-@click.option("--max-drift", type=click.FloatRange(0.0, 1.0),
+@click.option("--max-drift", type=FiniteFloatRange(0.0, 1.0),
               help="Exit with code 4 when more than this fraction of validation decisions flip between the Keras "
                    "model and the int8 model (files are still written). Needs --split-file and the int8 variant.")
 @click.option("--weight-rounding/--no-weight-rounding", default=True, show_default=True,

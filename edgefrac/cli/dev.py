@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from edgefrac.cli import main
+from edgefrac.cli.types import FiniteFloatRange
 from edgefrac.errors import UsageError
 
 ARCHITECTURES = ("cnn", "mobilenetv2")
@@ -163,7 +164,7 @@ def check_epochs(architecture: str, epochs: int, finetune_epochs: int, finetune_
     help="MobileNetV2 starting weights: a no-top .h5 file, 'imagenet' (downloaded by Keras) or 'none' (random).",
 )
 @click.option(
-    "--alpha", type=click.FloatRange(min=0.0, min_open=True), default=0.35, show_default=True,
+    "--alpha", type=FiniteFloatRange(min=0.0, min_open=True), default=0.35, show_default=True,
     help="MobileNetV2 width multiplier.",
 )
 @click.option(
@@ -185,11 +186,11 @@ def check_epochs(architecture: str, epochs: int, finetune_epochs: int, finetune_
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Images per training step.")
 @click.option(
-    "--learning-rate", type=click.FloatRange(min=0.0), default=1e-3, show_default=True,
+    "--learning-rate", type=FiniteFloatRange(min=0.0), default=1e-3, show_default=True,
     help="Adam learning rate of the first phase.",
 )
 @click.option(
-    "--finetune-learning-rate", type=click.FloatRange(min=0.0), default=1e-4, show_default=True,
+    "--finetune-learning-rate", type=FiniteFloatRange(min=0.0), default=1e-4, show_default=True,
     help="Adam learning rate of fine-tuning.",
 )
 @click.option(
@@ -206,7 +207,7 @@ def check_epochs(architecture: str, epochs: int, finetune_epochs: int, finetune_
     help="Train on N training images only, a sample stratified by class and body region (for quick trials).",
 )
 @click.option(
-    "--time-budget", "time_budget_minutes", type=click.FloatRange(min=0.0, min_open=True), default=None,
+    "--time-budget", "time_budget_minutes", type=FiniteFloatRange(min=0.0, min_open=True), default=None,
     help="Stop after the first epoch that ends past this many minutes; the best epoch so far is kept.",
 )
 @click.option(

@@ -14,6 +14,7 @@ import click
 from edgefrac.classifier import Overrides
 from edgefrac.cli import main
 from edgefrac.cli.overrides import override_options, overrides_from
+from edgefrac.cli.types import FiniteFloatRange
 from edgefrac.errors import UsageError
 from edgefrac.evaluation import DEFAULT_RESAMPLES, Case, evaluate as evaluate_scores, find_changed_files
 from edgefrac.exitcodes import ExitCode
@@ -94,7 +95,7 @@ def _score_keras(model: Path, cases: list[Case], threshold: float | None, split_
     help="Folder for metrics.json, metrics.md and roc.png (the plot needs the bench extra).",
 )
 @click.option(
-    "--threshold", type=click.FloatRange(0.0, 1.0), default=None,
+    "--threshold", type=FiniteFloatRange(0.0, 1.0), default=None,
     help="Decision threshold on the fracture probability (default: the model card's or training record's).",
 )
 @click.option(

@@ -13,12 +13,13 @@ import click
 
 from edgefrac.card import OutputKind
 from edgefrac.classifier import Overrides
+from edgefrac.cli.types import FiniteFloatRange
 from edgefrac.preprocessing import ResizeMethod, ValueScaling
 
 OPTIONS = {
     "threshold": click.option(
         "--threshold",
-        type=click.FloatRange(0.0, 1.0),
+        type=FiniteFloatRange(0.0, 1.0),
         help="Probability at or above which an image is labelled fractured. Default: the model card's.",
     ),
     "scaling": click.option(

@@ -1,0 +1,21 @@
+"""Parameter types shared by the commands."""
+
+from __future__ import annotations
+
+import math
+
+import click
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A ``click.FloatRange`` that also refuses ``nan`` and ``inf``.
+
+    ``nan`` passes every comparison a range makes, and ``inf`` passes a range
+    with no upper bound, so either would reach the library as a valid value.
+    """
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
