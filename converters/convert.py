@@ -392,7 +392,9 @@ def _finish_variant(
         "relu6_scaling": relu6_scaling,
         "post_calibration": post_calibration,
         "split_file_sha256": file_sha256(Path(split_path)) if split_path else None,
-        "training": {k: record[k] for k in ("architecture", "recipe", "validation_auc") if k in record},
+        "training": {
+            k: record[k] for k in ("architecture", "recipe", "validation_auc", "split_ids_sha256") if k in record
+        },
     }
     provisional = card_for_model(
         tflite,

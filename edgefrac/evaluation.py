@@ -20,7 +20,7 @@ from edgefrac import metrics
 from edgefrac.batch import regular_file_sha256
 from edgefrac.classifier import FractureClassifier
 from edgefrac.dataset import REGIONS, UNKNOWN_REGION
-from edgefrac.errors import InputError, UsageError
+from edgefrac.errors import InputError, TruncatedImageError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -206,10 +206,14 @@ def score_cases(classifier: FractureClassifier, cases: list[Case]) -> ScoredCase
 
 def failure_of(case: Case, error: InputError) -> FailedCase:
     """Record that ``case`` was left out because decoding raised ``error``."""
+    text = str(error)
+    if isinstance(error, TruncatedImageError):
+        # The decoder's advice after "; " names infer's --allow-truncated, which evaluation does not take.
+        text = text.split("; ", 1)[0]
     return FailedCase(
         image_id=case.image_id,
         path=str(case.path),
-        error=f"{type(error).__name__}: {error}",
+        error=f"{type(error).__name__}: {text}",
         expected=not case.decodes_fully,
     )
 

@@ -16,7 +16,7 @@ from PIL import Image
 from edgefrac import metrics
 from edgefrac.cli import main
 from edgefrac.dataset import file_sha256
-from edgefrac.evaluation import ChangedFile, Case, FailedCase, ScoredCases, evaluate, find_changed_files
+from edgefrac.evaluation import ChangedFile, Case, FailedCase, ScoredCases, evaluate, failure_of, find_changed_files
 from edgefrac.evaluation_report import failure_lines, to_markdown, to_text_table
 
 CASES = (
@@ -476,3 +476,52 @@ def test_evaluate_keras_record_size_differs_exits_2(tiny_keras_model, labelled_s
     )
     assert result.exit_code == 2, result.output
     assert "is for 64x64 inputs with 3 channels" in result.stderr
+
+
+def _model_with_provenance(tiny_int8_model, folder: Path, provenance: dict) -> Path:
+    import dataclasses
+
+    from edgefrac.modelfile import load_model, write_model_file
+
+    loaded = load_model(tiny_int8_model)
+    path = folder / "provenance.efm"
+    write_model_file(path, loaded.tflite, dataclasses.replace(loaded.card, provenance=provenance))
+    return path
+
+
+def test_evaluate_model_file_other_training_split_exits_2(tiny_int8_model, labelled_split, tmp_path):
+    root, split_file = labelled_split
+    model = _model_with_provenance(tiny_int8_model, tmp_path, {"training": {"split_ids_sha256": {"train": "0" * 64}}})
+    result = CliRunner().invoke(
+        main, ["evaluate", str(model), "--split-file", str(split_file), "--data", str(root), "--resamples", "20"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "differ from those" in result.stderr
+
+
+def test_evaluate_model_file_other_split_file_warns(tiny_int8_model, labelled_split, tmp_path):
+    root, split_file = labelled_split
+    model = _model_with_provenance(tiny_int8_model, tmp_path, {"split_file_sha256": "f" * 64})
+    result = CliRunner().invoke(
+        main, ["evaluate", str(model), "--split-file", str(split_file), "--data", str(root), "--resamples", "20"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "differs from the one" in result.stderr
+
+
+def test_truncated_failure_has_no_infer_advice(tmp_path):
+    from edgefrac.errors import TruncatedImageError
+    from edgefrac.images import load_pixels
+
+    pixels = np.random.default_rng(2).integers(0, 256, (120, 90, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "whole.jpg", quality=90)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes((tmp_path / "whole.jpg").read_bytes()[:1500])
+    with pytest.raises(TruncatedImageError) as caught:
+        load_pixels(cut, (32, 32))
+    case = Case(image_id="cut.jpg", path=cut, label=1, region="hand", hardware=False, decodes_fully=False)
+    failure = failure_of(case, caught.value)
+    assert failure.error.startswith("TruncatedImageError: ")
+    assert "image data is truncated" in failure.error
+    assert "--allow-truncated" not in failure.error
+    assert failure.expected

@@ -43,11 +43,20 @@ def read_cases(split_file: Path, data: Path | None, split_name: str) -> list[Cas
     ]
 
 
-def _score_model_file(model: Path, cases: list[Case], overrides: Overrides):
+def _score_model_file(model: Path, cases: list[Case], overrides: Overrides, split_file: Path, data: Path | None):
     from edgefrac.classifier import FractureClassifier
     from edgefrac.evaluation import score_cases
+    from edgefrac.splitfile import check_training_record, read_split
 
     classifier = FractureClassifier.from_path(model, overrides=overrides)
+    if classifier.model.card is not None:
+        # The card keeps the split file's hash, and the training ids' hash when convert read a recent training record.
+        provenance = classifier.model.card.provenance
+        recorded = {
+            "split_file_sha256": provenance.get("split_file_sha256"),
+            "split_ids_sha256": (provenance.get("training") or {}).get("split_ids_sha256"),
+        }
+        check_training_record(split_file, read_split(split_file, data), recorded, model)
     threshold = overrides.threshold
     source = "command line" if threshold is not None else "model card"
     if threshold is None and classifier.model.card is None:
@@ -155,7 +164,7 @@ def evaluate(
     if suffix == KERAS_SUFFIX:
         scored, used_threshold, source, model_info = _score_keras(model, cases, threshold, split_file, data)
     else:
-        scored, used_threshold, source, model_info = _score_model_file(model, cases, overrides)
+        scored, used_threshold, source, model_info = _score_model_file(model, cases, overrides, split_file, data)
 
     report = evaluate_scores(
         scored,

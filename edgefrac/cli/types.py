@@ -10,7 +10,7 @@ import click
 class FiniteFloatRange(click.FloatRange):
     """A ``click.FloatRange`` that also refuses ``nan`` and ``inf``.
 
-    ``nan`` passes every comparison a range makes, and ``inf`` passes a range
+    ``nan`` compares false with any bound, so it passes every range check; ``inf`` passes a range
     with no upper bound, so either would reach the library as a valid value.
     """
 
