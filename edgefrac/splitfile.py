@@ -12,7 +12,7 @@ import datetime
 import hashlib
 import json
 import logging
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from edgefrac.errors import OutputWriteError, UsageError
 
@@ -156,6 +156,11 @@ def _parse_entry(path: Path, index: int, entry) -> SplitEntry:
             raise _invalid(path, f"entry {name!r} has {key} {entry[key]!r}, expected a string")
     if not isinstance(entry["decodes_fully"], bool) or entry["hardware"] not in (True, False, None):
         raise _invalid(path, f"entry {name!r} needs true/false for decodes_fully and true/false/null for hardware")
+    relative = PurePosixPath(entry["relative_path"])
+    if not entry["relative_path"] or relative.is_absolute() or ".." in relative.parts:
+        raise _invalid(
+            path, f"entry {name!r} has relative_path {entry['relative_path']!r}, expected a path inside the data folder"
+        )
     return SplitEntry(**entry)
 
 

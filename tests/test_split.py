@@ -217,9 +217,19 @@ def move_one_copy(document):
     second["split"] = next(name for name in SPLITS if name != first["split"])
 
 
+def climb_out(document):
+    entry_of(document, "IMG0000000.jpg")["relative_path"] = "../../etc/IMG0000000.jpg"
+
+
+def absolute_path(document):
+    entry_of(document, "IMG0000000.jpg")["relative_path"] = "/etc/IMG0000000.jpg"
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
+        (climb_out, "relative_path '../../etc/IMG0000000.jpg', expected a path inside the data folder"),
+        (absolute_path, "relative_path '/etc/IMG0000000.jpg', expected a path inside the data folder"),
         (rename_split, "entry 'IMG0000000.jpg' has split 'valdation'"),
         (add_entry_key, "entry 'IMG0000000.jpg' has unknown key(s) note"),
         (drop_entry_key, "entry 'IMG0000000.jpg' lacks key(s) sha256"),
