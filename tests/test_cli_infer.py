@@ -113,7 +113,10 @@ def test_infer_json_schema(tiny_int8_model, sample_images):
     assert document["model"]["name"] == "tiny-int8"
     assert document["runtime"]
     summary = document["summary"]
-    assert set(summary) == {"scored", "fractured", "failed", "skipped", "truncated", "threshold"}
+    assert set(summary) == {
+        "scored", "fractured", "failed", "skipped", "truncated", "threshold", "threshold_chosen_on", "preprocessing"
+    }
+    assert summary["preprocessing"] == "32x32 RGB bilinear 0_1 logit"
     assert summary["scored"] == 4
     assert summary["failed"] == 3
     assert summary["skipped"] == 0
@@ -513,6 +516,11 @@ def test_scaling_override_warns(tiny_int8_model, sample_images):
     summary = result.stderr.strip().splitlines()[-1]
     assert "sensitivity" not in summary
     assert "preprocessing overridden" in summary
+    document = json.loads(
+        invoke("infer", sample_images, "--model", tiny_int8_model, "--scaling", "-1_1", "--json").stdout
+    )
+    assert document["summary"]["preprocessing"] == "32x32 RGB bilinear -1_1 logit"
+    assert "preprocessing overridden" in document["summary"]["threshold_chosen_on"]
 
 
 def test_card_values_given_again_do_not_warn(tiny_int8_model, sample_images):

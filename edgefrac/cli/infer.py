@@ -255,7 +255,12 @@ def _infer(
             model_sha256=model.sha256,
             model_name=classifier.card.name,
             runtime=classifier.runtime.info.describe(),
-            summary={**dataclasses.asdict(summary), "threshold": classifier.threshold},
+            summary={
+                **dataclasses.asdict(summary),
+                "threshold": classifier.threshold,
+                "threshold_chosen_on": classifier.card.threshold.chosen_on,
+                "preprocessing": preprocessing_label(classifier),
+            },
         )
         echo_document(json.dumps(document, indent=2))
     truncated = f" ({summary.truncated} from truncated files)" if summary.truncated else ""
