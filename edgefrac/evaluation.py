@@ -223,7 +223,7 @@ def log_failures(failed: list[FailedCase] | tuple[FailedCase, ...], total: int) 
         return
     expected = sum(failure.expected for failure in failed)
     logger.warning(
-        "left out %d of %d images that failed to decode (%d already marked as truncated in the split file)",
+        "left out %d of %d images that could not be read or decoded (%d already marked as truncated in the split file)",
         len(failed), total, expected,
     )
 
@@ -246,7 +246,7 @@ def evaluate(
     """
     if not scored.cases:
         raise UsageError(
-            f"no image of split {split.get('name')!r} could be scored ({len(scored.failed)} failed to decode); "
+            f"no image of split {split.get('name')!r} could be scored ({len(scored.failed)} could not be read or decoded); "
             "check --data points at the dataset the split file was made from"
         )
     if resamples < 1:

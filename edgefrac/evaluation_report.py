@@ -51,7 +51,7 @@ def _summary_lines(report: EvaluationReport) -> list[str]:
     lines = [
         f"Model: {report.model.get('path')} ({report.model.get('kind')})",
         f"Split: {split.get('name')} of {split.get('file')}: {split.get('scored')} images scored, "
-        f"{split.get('failed')} failed to decode",
+        f"{split.get('failed')} could not be read or decoded",
         f"Threshold: {report.threshold:.4f} ({report.threshold_source})",
         f"AUC CI: percentile bootstrap over {report.resamples} resamples",
     ]
@@ -70,7 +70,7 @@ def to_markdown(report: EvaluationReport) -> str:
     lines += ["", "| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
     lines += ["| " + " | ".join(_row(group)) + " |" for group in report.groups]
     if report.failed:
-        lines += ["", "Images left out because they failed to decode:", ""]
+        lines += ["", "Images left out because they could not be read or decoded:", ""]
         lines += [f"- `{failure.image_id}`: {failure.error}" for failure in report.failed]
     if report.changed:
         lines += ["", "Images whose bytes differ from the SHA-256 in the split file:", ""]
@@ -79,10 +79,10 @@ def to_markdown(report: EvaluationReport) -> str:
 
 
 def failure_lines(report: EvaluationReport) -> list[str]:
-    """Return one line per image left out of the report: its path and why it failed to decode."""
+    """Return one line per image left out of the report: its path and why it could not be read or decoded."""
     if not report.failed:
         return []
-    lines = [f"images left out because they failed to decode ({len(report.failed)}):"]
+    lines = [f"images left out because they could not be read or decoded ({len(report.failed)}):"]
     for failure in report.failed:
         # Decoder messages repeat the path after the error type, and the line already starts with it.
         reason = failure.error.replace(f"{failure.path}: ", "", 1)

@@ -119,7 +119,7 @@ def test_failure_lines_name_path_and_reason():
         FailedCase("y", "data/y.jpg", "UnreadableImageError: data/y.jpg: not an image", expected=False),
     ]
     lines = failure_lines(report_of(scored_cases(failed=failures)))
-    assert lines[0] == "images left out because they failed to decode (2):"
+    assert lines[0] == "images left out because they could not be read or decoded (2):"
     assert lines[1] == "  data/z.jpg: TruncatedImageError: data/z.jpg is truncated (marked as truncated in the split file)"
     assert lines[2] == "  data/y.jpg: UnreadableImageError: not an image"
 
@@ -280,7 +280,7 @@ def test_evaluate_unexpected_failure_exit(tiny_int8_model, labelled_split, tmp_p
                "--resamples", "20"]
     )
     assert result.exit_code == 3, result.output
-    assert "1 images that the split file marks as decodable failed" in result.stderr
+    assert "1 images that the split file marks as decodable could not be read or decoded" in result.stderr
 
 
 @pytest.mark.slow
@@ -368,7 +368,7 @@ def test_evaluate_table_lists_failures(tiny_int8_model, labelled_split, tmp_path
     )
 
     assert result.exit_code == 3, result.output
-    assert "images left out because they failed to decode (1):" in result.stderr
+    assert "images left out because they could not be read or decoded (1):" in result.stderr
     assert f"  {copy / victim['relative_path']}: UnreadableImageError" in result.stderr
     assert "they are named in the list above" in result.stderr
     assert "JSON" not in result.stderr

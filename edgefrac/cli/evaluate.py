@@ -186,7 +186,7 @@ def evaluate(
     if report.unexpected_failures:
         listed = "in the 'failed' list of the JSON output" if as_json else "in the list above"
         click.echo(
-            f"Error: {report.unexpected_failures} images that the split file marks as decodable failed to decode; "
+            f"Error: {report.unexpected_failures} images that the split file marks as decodable could not be read or decoded; "
             f"they are named {listed}",
             err=True,
         )
