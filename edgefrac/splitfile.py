@@ -14,6 +14,7 @@ import json
 import logging
 from pathlib import Path, PurePosixPath
 
+from edgefrac.dataset import file_sha256
 from edgefrac.errors import OutputWriteError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -189,7 +190,7 @@ def check_training_record(split_path: str | Path, split: Split, record: dict, mo
     """
     split_path = Path(split_path)
     recorded_file = record.get("split_file_sha256")
-    if recorded_file and _sha256_of_file(split_path) != recorded_file:
+    if recorded_file and file_sha256(split_path) != recorded_file:
         logger.warning(
             "split file %s differs from the one %s was trained with (sha256 %s...)",
             split_path, model_path, recorded_file[:12],
@@ -201,11 +202,3 @@ def check_training_record(split_path: str | Path, split: Split, record: dict, mo
             f"(train ids sha256 {recorded_train[:12]}... in its training record), so its validation and test "
             "images may include training images; pass the --split-file the model was trained with"
         )
-
-
-def _sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -354,13 +354,21 @@ def test_evaluate_unchanged_dataset(tiny_int8_model, labelled_split):
     assert "SHA-256" not in result.stderr
 
 
-@pytest.mark.slow
-def test_evaluate_table_lists_failures(tiny_int8_model, labelled_split, tmp_path):
+def break_one_test_image(labelled_split, folder: Path) -> tuple[Path, Path]:
+    """Copy the dataset into ``folder`` with one decodable test image replaced by text; return the copy and that file."""
     root, split_file = labelled_split
     document = json.loads(split_file.read_text())
     victim = next(entry for entry in document["entries"] if entry["split"] == "test" and entry["decodes_fully"])
-    copy = copy_dataset(root, document, tmp_path / "data")
-    (copy / victim["relative_path"]).write_bytes(b"not an image")
+    copy = copy_dataset(root, document, folder)
+    broken = copy / victim["relative_path"]
+    broken.write_bytes(b"not an image")
+    return copy, broken
+
+
+@pytest.mark.slow
+def test_evaluate_table_lists_failures(tiny_int8_model, labelled_split, tmp_path):
+    _, split_file = labelled_split
+    copy, broken = break_one_test_image(labelled_split, tmp_path / "data")
 
     result = CliRunner().invoke(
         main, ["evaluate", str(tiny_int8_model), "--split-file", str(split_file), "--data", str(copy),
@@ -369,18 +377,15 @@ def test_evaluate_table_lists_failures(tiny_int8_model, labelled_split, tmp_path
 
     assert result.exit_code == 3, result.output
     assert "images left out because they could not be read or decoded (1):" in result.stderr
-    assert f"  {copy / victim['relative_path']}: UnreadableImageError" in result.stderr
+    assert f"  {broken}: UnreadableImageError" in result.stderr
     assert "they are named in the list above" in result.stderr
     assert "JSON" not in result.stderr
 
 
 @pytest.mark.slow
 def test_evaluate_json_names_failed_list(tiny_int8_model, labelled_split, tmp_path):
-    root, split_file = labelled_split
-    document = json.loads(split_file.read_text())
-    victim = next(entry for entry in document["entries"] if entry["split"] == "test" and entry["decodes_fully"])
-    copy = copy_dataset(root, document, tmp_path / "data")
-    (copy / victim["relative_path"]).write_bytes(b"not an image")
+    _, split_file = labelled_split
+    copy, broken = break_one_test_image(labelled_split, tmp_path / "data")
 
     result = CliRunner().invoke(
         main, ["evaluate", str(tiny_int8_model), "--split-file", str(split_file), "--data", str(copy),
@@ -389,7 +394,7 @@ def test_evaluate_json_names_failed_list(tiny_int8_model, labelled_split, tmp_pa
 
     assert result.exit_code == 3, result.output
     assert "in the 'failed' list of the JSON output" in result.stderr
-    assert [item["image_id"] for item in json.loads(result.stdout)["failed"]] == [victim["image_id"]]
+    assert [item["path"] for item in json.loads(result.stdout)["failed"]] == [str(broken)]
 
 
 @pytest.mark.slow
