@@ -199,6 +199,6 @@ def check_training_record(split_path: str | Path, split: Split, record: dict, mo
     if recorded_train and split.ids_hash(split.subset("train")) != recorded_train:
         raise UsageError(
             f"the training images of split file {split_path} differ from those {model_path} was trained on "
-            f"(train ids sha256 {recorded_train[:12]}... in its training record), so its validation and test "
+            f"(train ids sha256 {recorded_train[:12]}... recorded with the model), so its validation and test "
             "images may include training images; pass the --split-file the model was trained with"
         )
