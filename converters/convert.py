@@ -157,21 +157,21 @@ def _score_split(split: Split, name: str, config: PreprocessConfig) -> _ScoredSp
     return _ScoredSplit(ids=ids, labels=np.array(labels, dtype=np.int64), inputs=np.stack(inputs), groups=groups)
 
 
-def _report_failures(what: str, failures: list, total: int, root: Path) -> None:
-    """Log how many images of ``what`` failed to load, and raise when none loaded."""
+def _report_failures(subset: str, failures: list, total: int, root: Path) -> None:
+    """Log how many images of ``subset`` failed to load, and raise when none loaded."""
     if not failures:
         return
     for image_id, error in failures:
-        logger.debug("%s image %s left out: %s", what, image_id, error)
+        logger.debug("%s image %s left out: %s", subset, image_id, error)
     first_id, first_error = failures[0]
     logger.warning(
         "%s: %d of %d images could not be loaded and are left out of the drift figures (first: %s), "
         "run with -vv to list them",
-        what, len(failures), total, calibration.describe_failure(first_error),
+        subset, len(failures), total, calibration.describe_failure(first_error),
     )
     if len(failures) == total:
         raise UsageError(
-            f"no image of the {what} could be loaded from {root}; check that --calibration points at the "
+            f"no image of the {subset} could be loaded from {root}; check that --calibration points at the "
             "dataset folder the split file was made from"
         )
 

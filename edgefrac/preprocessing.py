@@ -120,7 +120,7 @@ class PreprocessConfig:
 
 
 def _whole_number(data: dict, name: str, default: int | None = None) -> int:
-    """Return ``data[name]`` when it is a JSON integer; text such as "128" or a float such as 128.0 is refused."""
+    """Return ``data[name]`` when it is a JSON integer; text such as "128" or a float such as 128.0 is rejected."""
     value = data[name] if default is None else data.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} {value!r} is not a whole number")

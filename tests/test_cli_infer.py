@@ -612,7 +612,7 @@ def test_json_broken_pipe_exits_141(tiny_int8_model, sample_images, tmp_path):
         [str(EDGEFRAC_SCRIPT), "infer", str(many), "--model", str(tiny_int8_model), "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
-    # Read part of the document (it is over 64 KiB, more than a pipe holds), then go away.
+    # Read part of the document (it is over 64 KiB, more than a pipe buffer), then close the pipe.
     process.stdout.read(100)
     process.stdout.close()
     _, stderr = process.communicate(timeout=300)

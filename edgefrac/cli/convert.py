@@ -62,7 +62,7 @@ def _print_table(report) -> None:
                    "and older runtimes cannot load it.")
 @click.option("--calibration-size", default=300, show_default=True, type=click.IntRange(min=1),
               help="Number of training images in the representative dataset (stratified by label and region); "
-                   "when fewer are available, all are used and a warning says so.")
+                   "when fewer are available, all are used and a warning is logged.")
 @click.option("--output-kind", type=click.Choice([k.value for k in OutputKind]), default=OutputKind.LOGIT.value,
               show_default=True, help="What the int8 model outputs: the logit (the runtime applies the sigmoid) or "
                                       "the sigmoid probability, which int8 limits to 256 levels.")
@@ -90,7 +90,7 @@ def _print_table(report) -> None:
                    "conversion) from its bias.")
 @click.option("--correction-images", default=64, show_default=True, type=click.IntRange(min=1),
               help="Representative images used by weight rounding, range tuning and bias correction; at most the "
-                   "representative dataset's size (a warning says when it is capped). "
+                   "representative dataset's size (a warning is logged when it is capped). "
                    "Range tuning is skipped below 16 images, because a few images understate the ranges.")
 @click.option("--seed", default=0, show_default=True, help="Seed for drawing the representative dataset.")
 @click.option("--json", "as_json", is_flag=True, help="Print the conversion report as JSON instead of a table.")

@@ -8,10 +8,10 @@ import click
 
 
 class FiniteFloatRange(click.FloatRange):
-    """A ``click.FloatRange`` that also refuses ``nan`` and ``inf``.
+    """A ``click.FloatRange`` that also rejects ``nan`` and ``inf``.
 
-    ``nan`` compares false with any bound, so it passes every range check; ``inf`` passes a range
-    with no upper bound, so either would reach the library as a valid value.
+    ``nan`` compares false with any bound, so it passes every range check. ``inf`` passes a range
+    with no upper bound. Without this check, either would reach the library as a valid value.
     """
 
     def convert(self, value, param, ctx):
