@@ -23,6 +23,8 @@ from edgefrac.preprocessing import PreprocessConfig
 
 CARD_FORMAT = "edgefrac-card/1"
 DEFAULT_CLASS_NAMES = ("not_fractured", "fractured")
+MAX_CLASS_NAME_LENGTH = 64
+"""Maximum length of a card's class name, because the name is printed in every results row."""
 
 # A class name about fractures, and one that negates it ("not_fractured", "Non-fractured", "no fracture",
 # "unfractured", "NotFractured", "fracture-free"). Separators become spaces before matching.
@@ -56,12 +58,12 @@ class TensorQuantization:
 
     @classmethod
     def from_dict(cls, data: dict) -> TensorQuantization:
-        return cls(
-            dtype=str(data["dtype"]),
-            shape=tuple(int(v) for v in data["shape"]),
-            scale=float(data.get("scale", 0.0)),
-            zero_point=int(data.get("zero_point", 0)),
-        )
+        shape, zero_point = data["shape"], data.get("zero_point", 0)
+        if not isinstance(shape, list) or not all(_is_whole(v) for v in shape):
+            raise ValueError(f"shape {shape!r} is not a list of whole numbers")
+        if not _is_whole(zero_point):
+            raise ValueError(f"zero_point {zero_point!r} is not a whole number")
+        return cls(dtype=str(data["dtype"]), shape=tuple(shape), scale=float(data.get("scale", 0.0)), zero_point=zero_point)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,10 +89,17 @@ class DecisionThreshold:
         for name in ("target_sensitivity", "sensitivity", "specificity"):
             if values.get(name) is not None and not _is_fraction(values[name]):
                 raise ValueError(f"{name} {values[name]!r} is not a number in [0, 1]")
+        if not isinstance(values.get("chosen_on", ""), str):
+            raise ValueError(f"chosen_on {values['chosen_on']!r} is not text")
         images = values.get("images")
         if images is not None and (not _is_number(images) or images != int(images) or images < 0):
             raise ValueError(f"images {images!r} is not a count")
         return cls(data["value"], **values)
+
+
+def _is_whole(value) -> bool:
+    """Return whether ``value`` is a JSON integer (``true`` and ``224.0`` are not)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_number(value) -> bool:
@@ -158,8 +167,8 @@ class ModelCard:
             "output_kind": _parse_field(data, "output_kind", OutputKind, default="probability"),
             "class_names": _parse_field(data, "class_names", _parse_class_names, default=DEFAULT_CLASS_NAMES),
             "threshold": _parse_field(data, "threshold", DecisionThreshold.from_dict),
-            "provenance": _parse_field(data, "provenance", dict, default={}),
-            "evaluation": _parse_field(data, "evaluation", dict, default={}),
+            "provenance": _parse_field(data, "provenance", _object, default={}),
+            "evaluation": _parse_field(data, "evaluation", _object, default={}),
         }
         try:
             return cls(**fields)
@@ -184,6 +193,12 @@ def _parse_field(data: dict, name: str, parse, *, default=_REQUIRED):
         raise ModelFileError(f"model card field {name!r} is invalid: {error}") from None
 
 
+def _object(value) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected an object, got {value!r}")
+    return value
+
+
 def _parse_class_names(value) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
         raise ValueError(f"expected a list of two strings, got {value!r}")
@@ -205,7 +220,12 @@ def check_class_names(names: tuple[str, ...]) -> None:
             f"model card class_names {list(names)} are invalid: they contain control characters, which would "
             "corrupt the results table; convert the model again with plain names"
         )
-    if not negative.strip() or not positive.strip() or negative.strip() == positive.strip():
+    if any(len(name) > MAX_CLASS_NAME_LENGTH for name in names):
+        raise ModelFileError(
+            f"model card class_names are invalid: a name is longer than {MAX_CLASS_NAME_LENGTH} characters; "
+            "convert the model again with short names"
+        )
+    if not negative.strip() or not positive.strip() or _normalised(negative) == _normalised(positive):
         raise ModelFileError(
             f"model card class_names {list(names)} are invalid: expected two distinct non-empty names"
         )

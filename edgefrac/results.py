@@ -205,6 +205,11 @@ class CsvResults:
             raise OutputWriteError(f"cannot read {self.path} to resume it: {error.strerror}") from None
         if not data:
             return
+        windows_endings = data.split(b"\n", 1)[0].endswith(b"\r")
+        if windows_endings:
+            # A spreadsheet saved the table with CRLF line endings. The rows are kept and written back with LF.
+            logger.warning("%s has Windows (CRLF) line endings; rewriting it with LF", self.path)
+            data = data.replace(b"\r\n", b"\n")
         try:
             rows, complete_length = read_complete_rows(data)
         except UsageError as error:
@@ -212,7 +217,7 @@ class CsvResults:
         self._check_same_model(rows)
         ok_rows = [row for row in rows if row[1] == Status.OK.value]
         self.retried = len(rows) - len(ok_rows)
-        legacy = not data.startswith(_format_row(CSV_COLUMNS).encode(_ENCODING))
+        legacy = not data.startswith(_format_row(CSV_COLUMNS).encode(_ENCODING)) or windows_endings
         if complete_length < len(data):
             logger.warning(
                 "%s ends with an incomplete row (%d bytes, left by an interrupted run); removing it",

@@ -184,7 +184,8 @@ def check_training_record(split_path: str | Path, split: Split, record: dict, mo
     """Compare a split file with the one a model's training record names.
 
     Logs a warning when the file's SHA-256 differs from the record's
-    ``split_file_sha256``. Raises UsageError when the training ids differ from
+    ``split_file_sha256``, or when the record has no training ids to compare.
+    Raises UsageError when the training ids differ from
     the record's ``split_ids_sha256["train"]``, because then the validation or
     test split may contain images the model was trained on.
     """
@@ -196,7 +197,13 @@ def check_training_record(split_path: str | Path, split: Split, record: dict, mo
             split_path, model_path, recorded_file[:12],
         )
     recorded_train = (record.get("split_ids_sha256") or {}).get("train")
-    if recorded_train and split.ids_hash(split.subset("train")) != recorded_train:
+    if not recorded_train:
+        logger.warning(
+            "%s records no hash of its training images, so it cannot be checked that the validation and test "
+            "images of %s were not used to train it; evaluate only on the split the model was trained with",
+            model_path, split_path,
+        )
+    elif split.ids_hash(split.subset("train")) != recorded_train:
         raise UsageError(
             f"the training images of split file {split_path} differ from those {model_path} was trained on "
             f"(train ids sha256 {recorded_train[:12]}... recorded with the model), so its validation and test "

@@ -81,6 +81,7 @@ def test_summary_threshold_from_flag(tiny_int8_model, sample_images):
     summary = result.stderr.strip().splitlines()[-1]
     assert "threshold 0.25 (set on the command line)" in summary
     assert "sensitivity" not in summary
+    assert "a fractured label means re-check the image, not a diagnosis" in summary
 
 
 def test_infer_mixed_folder_exits_3(tiny_int8_model, sample_images, tmp_path):

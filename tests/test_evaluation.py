@@ -530,3 +530,13 @@ def test_truncated_failure_has_no_infer_advice(tmp_path):
     assert "image data is truncated" in failure.error
     assert "--allow-truncated" not in failure.error
     assert failure.expected
+
+
+def test_evaluate_model_file_without_training_ids_warns(tiny_int8_model, labelled_split, tmp_path):
+    root, split_file = labelled_split
+    model = _model_with_provenance(tiny_int8_model, tmp_path, {})
+    result = CliRunner().invoke(
+        main, ["evaluate", str(model), "--split-file", str(split_file), "--data", str(root), "--resamples", "20"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "records no hash of its training images" in result.stderr

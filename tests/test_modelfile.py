@@ -300,6 +300,30 @@ INVALID_CARDS = {
         edited_card(lambda card: card["preprocessing"].update(width=224.0)),
         ["field 'preprocessing' is invalid", "width 224.0 is not a whole number"],
     ),
+    "provenance_text": (
+        edited_card(lambda card: card.update(provenance="x")),
+        ["field 'provenance' is invalid", "expected an object, got 'x'"],
+    ),
+    "input_shape_float": (
+        edited_card(lambda card: card["input"].update(shape=[1, 224.0, 224, 3])),
+        ["field 'input' is invalid", "is not a list of whole numbers"],
+    ),
+    "output_zero_point_float": (
+        edited_card(lambda card: card["output"].update(zero_point=-1.5)),
+        ["field 'output' is invalid", "zero_point -1.5 is not a whole number"],
+    ),
+    "chosen_on_number": (
+        edited_card(lambda card: card["threshold"].update(chosen_on=5)),
+        ["field 'threshold' is invalid", "chosen_on 5 is not text"],
+    ),
+    "class_name_too_long": (
+        edited_card(lambda card: card.update(class_names=["not_fractured", "f" * 5000])),
+        ["a name is longer than 64 characters"],
+    ),
+    "class_names_differ_in_case": (
+        edited_card(lambda card: card.update(class_names=["Fractured", "fractured"])),
+        ["expected two distinct non-empty names"],
+    ),
 }
 
 

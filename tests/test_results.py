@@ -343,3 +343,17 @@ def test_linked_folder_matches_real_folder(tmp_path):
     with CsvResults(csv_path, model_sha256=MODEL_SHA, threshold=0.5) as table:
         assert table.is_done(tmp_path / "link" / "a.jpg", INPUT_SHA)
         assert not table.is_done(tmp_path / "link" / "b.jpg", INPUT_SHA)
+
+
+def test_crlf_table_resumed_and_rewritten(tmp_path, caplog):
+    csv_path = tmp_path / "out.csv"
+    _write(csv_path, [_ok("/x/a.jpg"), _ok("/x/b.jpg")])
+    lf = csv_path.read_bytes()
+    csv_path.write_bytes(lf.replace(b"\n", b"\r\n"))
+    with caplog.at_level(logging.WARNING, logger="edgefrac.results"):
+        table = CsvResults(csv_path, model_sha256=MODEL_SHA, threshold=0.5)
+    with table:
+        assert table.is_done("/x/a.jpg", INPUT_SHA)
+        assert table.is_done("/x/b.jpg", INPUT_SHA)
+    assert any("CRLF" in record.getMessage() for record in caplog.records)
+    assert csv_path.read_bytes() == lf

@@ -150,7 +150,7 @@ def test_cli_split_fractions(generated, tmp_path):
     assert json.loads(output.read_text())["fractions"] == [0.5, 0.25, 0.25]
 
 
-@pytest.mark.parametrize("fractions", ["0.7,0.3", "a,b,c", "0.9,0.1,0.1"])
+@pytest.mark.parametrize("fractions", ["0.7,0.3", "a,b,c", "0.9,0.1,0.1", "nan,0.5,0.5"])
 def test_cli_split_bad_fractions(generated, tmp_path, fractions):
     result = CliRunner().invoke(main, ["split", str(generated), "-o", str(tmp_path / "s.json"), "--fractions", fractions])
     assert result.exit_code == 2

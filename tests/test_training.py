@@ -153,7 +153,9 @@ def test_train_defaults_match_recipe():
     [
         (["--arch", "mobilenetv2", "--weights", "/nonexistent/weights.h5"], "weight file /nonexistent/weights.h5 not found"),
         (["--arch", "cnn", "--weights", "imagenet"], "applies to --arch mobilenetv2 only"),
-        (["--target-sensitivity", "1.5"], "invalid --target-sensitivity"),
+        (["--target-sensitivity", "1.5"], "Invalid value for '--target-sensitivity'"),
+        (["--target-sensitivity", "nan"], "is not a finite number"),
+        (["--arch", "cnn", "--finetune-learning-rate", "0.001"], "--finetune-learning-rate applies to --arch mobilenetv2"),
         (["--initial-model", "/nonexistent/start.keras"], "invalid --initial-model '/nonexistent/start.keras'"),
         (["--initial-model", ""], "invalid --initial-model '': file not found"),
     ],

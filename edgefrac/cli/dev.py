@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from pathlib import Path
 
 import click
@@ -32,6 +33,8 @@ def parse_fractions(text: str) -> tuple[float, float, float]:
         raise UsageError(f"invalid --fractions {text!r}: expected three numbers such as 0.7,0.15,0.15") from None
     if len(values) != 3:
         raise UsageError(f"invalid --fractions {text!r}: expected three numbers (train, validation, test)")
+    if not all(math.isfinite(value) for value in values):
+        raise UsageError(f"invalid --fractions {text!r}: expected finite numbers such as 0.7,0.15,0.15")
     return values
 
 
@@ -199,7 +202,7 @@ def check_epochs(architecture: str, epochs: int, finetune_epochs: int, finetune_
 )
 @click.option("--seed", default=1234, show_default=True, help="Seed of weights, shuffling and augmentation.")
 @click.option(
-    "--target-sensitivity", default=0.90, show_default=True,
+    "--target-sensitivity", type=FiniteFloatRange(0.0, 1.0, min_open=True), default=0.90, show_default=True,
     help="Validation sensitivity the decision threshold must reach.",
 )
 @click.option(
@@ -251,9 +254,10 @@ def train(
     """
     if output.suffix != ".keras":
         raise UsageError(f"invalid --output {output}: the model path must end in .keras")
-    if not 0.0 < target_sensitivity <= 1.0:
-        raise UsageError(f"invalid --target-sensitivity {target_sensitivity}: expected a value in (0, 1]")
     check_epochs(architecture, epochs, finetune_epochs, finetune_layers)
+    source = click.get_current_context().get_parameter_source("finetune_learning_rate")
+    if architecture != "mobilenetv2" and source is click.core.ParameterSource.COMMANDLINE:
+        raise UsageError(f"--finetune-learning-rate applies to --arch mobilenetv2 only; drop it for --arch {architecture}")
     starting_weights = resolve_weights(weights, architecture)
     if initial_model is not None and not Path(initial_model).is_file():
         raise UsageError(f"invalid --initial-model {initial_model!r}: file not found; pass a .keras file from edgefrac train")

@@ -49,14 +49,13 @@ def _score_model_file(model: Path, cases: list[Case], overrides: Overrides, spli
     from edgefrac.splitfile import check_training_record, read_split
 
     classifier = FractureClassifier.from_path(model, overrides=overrides)
-    if classifier.model.card is not None:
-        # The card keeps the split file's hash, and the training ids' hash when convert read a recent training record.
-        provenance = classifier.model.card.provenance
-        recorded = {
-            "split_file_sha256": provenance.get("split_file_sha256"),
-            "split_ids_sha256": (provenance.get("training") or {}).get("split_ids_sha256"),
-        }
-        check_training_record(split_file, read_split(split_file, data), recorded, model)
+    # The card keeps the split file's hash, and the training ids' hash when convert read a recent training record.
+    provenance = classifier.model.card.provenance if classifier.model.card is not None else {}
+    recorded = {
+        "split_file_sha256": provenance.get("split_file_sha256"),
+        "split_ids_sha256": (provenance.get("training") or {}).get("split_ids_sha256"),
+    }
+    check_training_record(split_file, read_split(split_file, data), recorded, model)
     threshold = overrides.threshold
     source = "command line" if threshold is not None else "model card"
     if threshold is None and classifier.model.card is None:

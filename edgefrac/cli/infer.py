@@ -328,12 +328,12 @@ def describe_operating_point(threshold: DecisionThreshold) -> str:
     A threshold chosen for high sensitivity flags many images that are not
     fractured, so the text states that a "fractured" label calls for a re-check.
     """
+    notice = "a fractured label means re-check the image, not a diagnosis"
     if threshold.sensitivity is None or threshold.specificity is None:
-        return f"threshold {threshold.value:.3g} ({threshold.chosen_on})"
+        return f"threshold {threshold.value:.3g} ({threshold.chosen_on}); {notice}"
     return (
         f"threshold {threshold.value:.3g}: sensitivity {threshold.sensitivity:.2f}, specificity "
-        f"{threshold.specificity:.2f} on {threshold.chosen_on}; a fractured label means re-check the image, "
-        "not a diagnosis"
+        f"{threshold.specificity:.2f} on {threshold.chosen_on}; {notice}"
     )
 
 
