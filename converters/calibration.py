@@ -101,9 +101,10 @@ def describe_failure(error: InputError) -> str:
     return str(error)
 
 
-def _log_size_cap(size: int, available: int, what: str) -> None:
+def _log_size_cap(size: int, available: int, source: str) -> None:
+    """Log a warning when the requested size exceeds the ``available`` images described by ``source``."""
     if size > available:
-        logger.warning("--calibration-size %d exceeds the %d %s; using %d", size, available, what, available)
+        logger.warning("--calibration-size %d exceeds the %d %s; using %d", size, available, source, available)
 
 
 def _load(entries: list[SplitEntry], paths: list[Path], config: PreprocessConfig, hint: str) -> RepresentativeDataset:

@@ -144,8 +144,8 @@ def _expand_one(target: str, unlistable: list[UnlistableFolder] | None) -> list[
     if (mode is not None and stat.S_ISREG(mode)) or os.path.islink(path):
         return [path]
     if is_pattern(target):
-        # NOTE: glob skips folders it cannot list without an error, so a pattern such as
-        # 'scans/**/*.jpg' leaves out an unreadable subfolder silently; pass the folder itself to get a row for it.
+        # NOTE: glob skips a folder it cannot list and reports no error, so 'scans/**/*.jpg' leaves out an
+        # unreadable subfolder silently. Passing the folder itself gives that subfolder an error row.
         matches = sorted(glob.glob(target, recursive=True))
         if not matches:
             raise UsageError(f"pattern {target!r} matches no files; check the pattern and the current folder")

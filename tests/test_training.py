@@ -535,15 +535,15 @@ def test_best_epoch_kept_across_phases():
     best.set_model(model)
     best.phase = "head"
     best.on_epoch_end(0, {"val_auc": 0.6})
-    kept = [np.array(w) for w in model.get_weights()]
-    model.set_weights([w + 1.0 for w in kept])
+    head_weights = [np.array(w) for w in model.get_weights()]
+    model.set_weights([w + 1.0 for w in head_weights])
     best.phase = "finetune"
     best.on_epoch_end(0, {"val_auc": 0.4})
     best.on_epoch_end(1, {"val_auc": float("nan")})
     best.restore()
 
     assert best.epoch == {"phase": "head", "epoch": 1, "val_auc": 0.6}
-    for restored, expected in zip(model.get_weights(), kept, strict=True):
+    for restored, expected in zip(model.get_weights(), head_weights, strict=True):
         assert np.array_equal(restored, expected)
 
 

@@ -18,17 +18,15 @@ from edgefrac.cli.types import FiniteFloatRange
 from edgefrac.errors import UsageError
 from edgefrac.evaluation import DEFAULT_RESAMPLES, Case, evaluate as evaluate_scores, find_changed_files
 from edgefrac.exitcodes import ExitCode
+from edgefrac.splitfile import Split, read_split
 
 SPLIT_NAMES = ("train", "validation", "test")
 KERAS_SUFFIX = ".keras"
 MODEL_FILE_SUFFIXES = (".efm", ".tflite")
 
 
-def read_cases(split_file: Path, data: Path | None, split_name: str) -> list[Case]:
-    """Return the images of ``split_name`` in the split file, with paths under ``data``."""
-    from edgefrac.splitfile import read_split
-
-    split = read_split(split_file, data)
+def read_cases(split: Split, split_name: str) -> list[Case]:
+    """Return the images of ``split_name`` in ``split``, with paths under its data folder."""
     return [
         Case(
             image_id=entry.image_id,
@@ -43,10 +41,10 @@ def read_cases(split_file: Path, data: Path | None, split_name: str) -> list[Cas
     ]
 
 
-def _score_model_file(model: Path, cases: list[Case], overrides: Overrides, split_file: Path, data: Path | None):
+def _score_model_file(model: Path, cases: list[Case], overrides: Overrides, split_file: Path, split: Split):
     from edgefrac.classifier import FractureClassifier
     from edgefrac.evaluation import score_cases
-    from edgefrac.splitfile import check_training_record, read_split
+    from edgefrac.splitfile import check_training_record
 
     classifier = FractureClassifier.from_path(model, overrides=overrides)
     # The card keeps the split file's hash, and the training ids' hash when convert read a recent training record.
@@ -55,7 +53,7 @@ def _score_model_file(model: Path, cases: list[Case], overrides: Overrides, spli
         "split_file_sha256": provenance.get("split_file_sha256"),
         "split_ids_sha256": (provenance.get("training") or {}).get("split_ids_sha256"),
     }
-    check_training_record(split_file, read_split(split_file, data), recorded, model)
+    check_training_record(split_file, split, recorded, model)
     threshold = overrides.threshold
     source = "command line" if threshold is not None else "model card"
     if threshold is None and classifier.model.card is None:
@@ -73,14 +71,14 @@ def _score_model_file(model: Path, cases: list[Case], overrides: Overrides, spli
     return score_cases(classifier, cases), classifier.threshold, source, info
 
 
-def _score_keras(model: Path, cases: list[Case], threshold: float | None, split_file: Path, data: Path | None):
+def _score_keras(model: Path, cases: list[Case], threshold: float | None, split_file: Path, split: Split):
     from converters.evaluation import load_keras_model, score_keras_cases
     from converters.training import read_model_record
-    from edgefrac.splitfile import check_training_record, read_split
+    from edgefrac.splitfile import check_training_record
 
     loaded = load_keras_model(model)
     # The record names the training images, so a split file from another training run is caught here.
-    check_training_record(split_file, read_split(split_file, data), read_model_record(model), model)
+    check_training_record(split_file, split, read_model_record(model), model)
     info = {"path": str(model), "kind": "keras", "name": model.stem, "architecture": loaded.architecture}
     if threshold is None:
         return score_keras_cases(loaded, cases), loaded.threshold, "training record", info
@@ -156,14 +154,15 @@ def evaluate(
         # Fail before the slow scoring rather than after it.
         require_matplotlib()
 
-    cases = read_cases(split_file, data, split_name)
+    split = read_split(split_file, data)
+    cases = read_cases(split, split_name)
     if not cases:
         raise UsageError(f"split {split_name!r} of {split_file} contains no images")
     changed = find_changed_files(cases)
     if suffix == KERAS_SUFFIX:
-        scored, used_threshold, source, model_info = _score_keras(model, cases, threshold, split_file, data)
+        scored, used_threshold, source, model_info = _score_keras(model, cases, threshold, split_file, split)
     else:
-        scored, used_threshold, source, model_info = _score_model_file(model, cases, overrides, split_file, data)
+        scored, used_threshold, source, model_info = _score_model_file(model, cases, overrides, split_file, split)
 
     report = evaluate_scores(
         scored,
