@@ -176,3 +176,33 @@ def labelled_split(tmp_path_factory) -> tuple[Path, Path]:
     split_file = root.parent / "split.json"
     write_split(make_split(root, seed=1234), split_file)
     return root, split_file
+
+
+# Root lists and reads any folder through these two capabilities, whatever the folder's mode.
+_FOLDER_ACCESS_CAPABILITIES = "-dac_override,-dac_read_search"
+
+
+def command_without_folder_access(folder: Path) -> list[str]:
+    """Return a command prefix under which listing ``folder`` (mode 000) fails, or skip the test.
+
+    A user other than root needs no prefix. For root, setpriv (util-linux)
+    starts the command without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, so the
+    folder's mode applies to it as to any other user. The prefix is checked by
+    listing ``folder`` under it.
+    """
+    import shutil
+    import subprocess
+    import sys
+
+    prefixes = [[]]
+    setpriv = shutil.which("setpriv")
+    if setpriv is not None:
+        prefixes.append([setpriv, "--bounding-set", _FOLDER_ACCESS_CAPABILITIES])
+    probe = "import os, sys; os.listdir(sys.argv[1])"
+    for prefix in prefixes:
+        completed = subprocess.run(
+            [*prefix, sys.executable, "-c", probe, str(folder)], capture_output=True, text=True, timeout=60
+        )
+        if "PermissionError" in completed.stderr:
+            return prefix
+    pytest.skip(f"this user can list {folder} despite mode 000, and setpriv cannot drop the capabilities that allow it")

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from conftest import command_without_folder_access
 from edgefrac import __version__
 from edgefrac.cli import main
 from edgefrac.dataset import file_sha256
@@ -592,6 +593,29 @@ def test_unlistable_folder_exits_3(tiny_int8_model, sample_images, monkeypatch):
     errors = {item["path"]: item["error"] for item in json.loads(result.stdout)["results"] if item["error"]}
     assert errors == {str(locked): "cannot list this folder (Permission denied), so its files were not scored"}
     assert "contains no image" not in result.stderr
+
+
+@pytest.mark.slow
+def test_glob_unlistable_folder_exits_3(tiny_int8_model, sample_images):
+    locked = sample_images / "locked"
+    locked.mkdir()
+    (locked / "scan4.jpg").write_bytes((sample_images / "scan0.jpg").read_bytes())
+    locked.chmod(0)
+    try:
+        # Runs as root too: the prefix drops the capabilities that let root list a mode 000 folder.
+        prefix = command_without_folder_access(locked)
+        completed = subprocess.run(
+            [*prefix, str(EDGEFRAC_SCRIPT), "infer", f"{sample_images}/**/*.*", "--model", str(tiny_int8_model), "--json"],
+            capture_output=True, text=True, timeout=300,
+        )
+    finally:
+        locked.chmod(0o755)
+    assert completed.returncode == ExitCode.SOME_INPUTS_FAILED, completed.stderr
+    results = json.loads(completed.stdout)["results"]
+    errors = {item["path"]: item["error"] for item in results if item["error"]}
+    assert errors == {str(locked): "cannot list this folder (Permission denied), so its files were not scored"}
+    assert sum(1 for item in results if item["status"] != "error") == 4
+    assert "Traceback" not in completed.stderr
 
 
 def test_table_escapes_control_characters(tiny_int8_model, sample_images):

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import command_without_folder_access
 from edgefrac.errors import UsageError
-from edgefrac.targets import expand_targets, is_pattern, walk_folder
+from edgefrac.targets import UnlistableFolder, expand_targets, is_pattern, walk_folder
 
 
 def _touch(path: Path) -> Path:
@@ -148,3 +152,84 @@ def test_file_in_locked_folder_kept(tmp_path, monkeypatch):
     assert expand_targets([str(image)]) == [image]
     with pytest.raises(UsageError, match="matches no files"):
         expand_targets([str(locked / "*.png")])
+
+
+def _scan_tree(root: Path, locked_name: str) -> Path:
+    """Write scans/a/1.jpg, scans/b/deep/3.jpg and a 2.jpg in scans/``locked_name``, set to mode 000."""
+    _touch(root / "scans" / "a" / "1.jpg")
+    _touch(root / "scans" / "b" / "deep" / "3.jpg")
+    locked = root / "scans" / locked_name
+    _touch(locked / "2.jpg")
+    locked.chmod(0)
+    return locked
+
+
+def _expand_in_child(prefix: list[str], pattern: str, cwd: Path) -> dict:
+    """Run expand_targets on ``pattern`` in a child process started with ``prefix``; return files and folders."""
+    code = (
+        "import json, sys\n"
+        "from edgefrac.targets import expand_targets\n"
+        "unlistable = []\n"
+        "files = expand_targets([sys.argv[1]], unlistable)\n"
+        "print(json.dumps({'files': [str(path) for path in files], "
+        "'unlistable': [[str(folder.path), folder.reason] for folder in unlistable]}))\n"
+    )
+    completed = subprocess.run(
+        [*prefix, sys.executable, "-c", code, pattern], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+    assert completed.returncode == 0, completed.stderr
+    return json.loads(completed.stdout)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root lists any folder regardless of its mode")
+def test_glob_reports_unlistable_subfolder(tmp_path, monkeypatch, caplog):
+    locked = _scan_tree(tmp_path, "locked")
+    monkeypatch.chdir(tmp_path)
+    unlistable: list[UnlistableFolder] = []
+    try:
+        found = [path.as_posix() for path in expand_targets(["scans/**/*.jpg"], unlistable)]
+    finally:
+        locked.chmod(0o755)
+    assert found == ["scans/a/1.jpg", "scans/b/deep/3.jpg"]
+    assert unlistable == [UnlistableFolder(Path("scans/locked"), "Permission denied")]
+    assert "cannot list folder scans/locked (Permission denied)" in caplog.text
+
+
+def test_glob_unlistable_subfolder_real_mode(tmp_path):
+    # Runs as root too: the child process lacks the capabilities that let root list a mode 000 folder.
+    locked = _scan_tree(tmp_path, "locked")
+    try:
+        prefix = command_without_folder_access(locked)
+        recursive = _expand_in_child(prefix, "scans/**/*.jpg", tmp_path)
+        one_level = _expand_in_child(prefix, "scans/*/*.jpg", tmp_path)
+        only_locked = _expand_in_child(prefix, "scans/locked/*.jpg", tmp_path)
+    finally:
+        locked.chmod(0o755)
+    assert recursive["files"] == ["scans/a/1.jpg", "scans/b/deep/3.jpg"]
+    assert recursive["unlistable"] == [["scans/locked", "Permission denied"]]
+    assert one_level["files"] == ["scans/a/1.jpg"]
+    assert one_level["unlistable"] == [["scans/locked", "Permission denied"]]
+    assert only_locked == {"files": [], "unlistable": [["scans/locked", "Permission denied"]]}
+
+
+def test_glob_hidden_unlistable_folder(tmp_path):
+    # glob's ** and * leave out names that start with a dot, so a locked hidden folder is not reported for them.
+    locked = _scan_tree(tmp_path, ".cache")
+    try:
+        prefix = command_without_folder_access(locked)
+        recursive = _expand_in_child(prefix, "scans/**/*.jpg", tmp_path)
+        hidden = _expand_in_child(prefix, "scans/.*/*.jpg", tmp_path)
+    finally:
+        locked.chmod(0o755)
+    assert recursive == {"files": ["scans/a/1.jpg", "scans/b/deep/3.jpg"], "unlistable": []}
+    assert hidden == {"files": [], "unlistable": [["scans/.cache", "Permission denied"]]}
+
+
+def test_glob_folder_link_loop_ends(tmp_path, monkeypatch):
+    _touch(tmp_path / "scans" / "a" / "1.jpg")
+    (tmp_path / "scans" / "a" / "up").symlink_to("..")
+    monkeypatch.chdir(tmp_path)
+    unlistable: list[UnlistableFolder] = []
+    found = expand_targets(["scans/**/*.jpg"], unlistable)
+    assert Path("scans/a/1.jpg") in found
+    assert unlistable == []
