@@ -12,6 +12,8 @@ import datetime
 import hashlib
 import json
 import logging
+import os
+import unicodedata
 from pathlib import Path, PurePosixPath
 
 from edgefrac.dataset import file_sha256
@@ -52,10 +54,45 @@ class Split:
         return [e for e in self.entries if e.split == name and (e.decodes_fully or not decodable_only)]
 
     def path_of(self, entry: SplitEntry) -> Path:
-        return self.root / entry.relative_path
+        """Return the file of ``entry`` under the root, found in either Unicode normal form of its name.
+
+        See ``find_in_normal_forms``.
+        """
+        return find_in_normal_forms(self.root, entry.relative_path)
 
     def ids_hash(self, entries: list[SplitEntry]) -> str:
         return ids_sha256(e.image_id for e in entries)
+
+
+def find_in_normal_forms(root: Path, relative_path: str) -> Path:
+    """Return ``root / relative_path``, or the existing path whose parts differ only in Unicode normal form.
+
+    Linux stores a file name as the bytes it was given, so "é" written as one
+    code point (NFC) and as "e" plus a combining accent (NFD) are two names.
+    Files copied from macOS often carry NFD names, because HFS+ stores names
+    decomposed (a variant of NFD), while a split written on Linux usually
+    records NFC. When the exact path does not exist, each part
+    is looked up as written, then in NFC, then in NFD. When no form exists, the
+    exact path is returned, so the error that follows names the split file's name.
+    """
+    exact = root / relative_path
+    if os.path.lexists(exact):
+        return exact
+    found = root
+    for part in PurePosixPath(relative_path).parts:
+        match = _existing_normal_form(found, part)
+        if match is None:
+            return exact
+        found = match
+    return found
+
+
+def _existing_normal_form(folder: Path, name: str) -> Path | None:
+    for form in dict.fromkeys((name, unicodedata.normalize("NFC", name), unicodedata.normalize("NFD", name))):
+        candidate = folder / form
+        if os.path.lexists(candidate):
+            return candidate
+    return None
 
 
 def ids_sha256(image_ids) -> str:

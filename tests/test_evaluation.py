@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -352,6 +353,34 @@ def test_evaluate_unchanged_dataset(tiny_int8_model, labelled_split):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["split"]["changed_files"] == 0
     assert "SHA-256" not in result.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_nfd_copy_of_nfc_split(tiny_int8_model, labelled_split, tmp_path):
+    root, split_file = labelled_split
+    document = json.loads(split_file.read_text())
+    # Each name gains an "é", recorded in NFC as on Linux, and the copy has the NFD names of a macOS copy.
+    copy = tmp_path / "data"
+    for entry in document["entries"]:
+        renamed = unicodedata.normalize("NFC", entry["relative_path"].replace(".jpg", "-é.jpg"))
+        destination = copy / unicodedata.normalize("NFD", renamed)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.write_bytes((root / entry["relative_path"]).read_bytes())
+        entry["relative_path"] = renamed
+    renamed_split = tmp_path / "split.json"
+    renamed_split.write_text(json.dumps(document))
+
+    result = CliRunner().invoke(
+        main, ["evaluate", str(tiny_int8_model), "--split-file", str(renamed_split), "--data", str(copy),
+               "--json", "--resamples", "20"]
+    )
+
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    unexpected = [item for item in report["failed"] if not item["expected"]]
+    assert unexpected == []
+    decodable_test = [e for e in document["entries"] if e["split"] == "test" and e["decodes_fully"]]
+    assert len(report["predictions"]) == len(decodable_test)
 
 
 def break_one_test_image(labelled_split, folder: Path) -> tuple[Path, Path]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import json
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,9 @@ from click.testing import CliRunner
 from PIL import Image
 from conftest import LABELLED_STRATA, write_labelled_folder
 
-from converters.split import SPLITS, Split, make_split, read_split, write_split
+from converters.split import SPLITS, Split, SplitEntry, make_split, read_split, write_split
 from edgefrac.cli import main
+from edgefrac.images import load_pixels
 from edgefrac.dataset import file_sha256
 from edgefrac.errors import UsageError
 
@@ -114,6 +116,69 @@ def test_split_file_root_override(generated_split, tmp_path):
     path = tmp_path / "split.json"
     write_split(generated_split, path)
     assert read_split(path, tmp_path).root == tmp_path.resolve()
+
+
+def _nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", text)
+
+
+def _nfd(text: str) -> str:
+    return unicodedata.normalize("NFD", text)
+
+
+def _split_with_paths(root: Path, relative_paths: list[str]) -> Split:
+    entries = tuple(
+        SplitEntry(f"id{index}", relative, index % 2, "hand", None, f"{index:064x}", True, "validation")
+        for index, relative in enumerate(relative_paths)
+    )
+    return Split(root=root, seed=0, fractions=(0.7, 0.15, 0.15), entries=entries)
+
+
+def _write_jpeg(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (24, 24), (90, 90, 90)).save(path)
+    return path
+
+
+@pytest.mark.parametrize(("written", "on_disk"), [(_nfc, _nfd), (_nfd, _nfc)], ids=["nfc-split-nfd-copy", "nfd-split-nfc-copy"])
+def test_split_path_other_normal_form(tmp_path, written, on_disk):
+    names = ["Röntgen-Handgelenk.jpg", "Fraktur-Ellenbogen-élève.jpg"]
+    split_path = tmp_path / "split.json"
+    write_split(_split_with_paths(tmp_path / "original", [f"images/Fractured/{written(n)}" for n in names]), split_path)
+    copy = tmp_path / "copy"
+    disk_files = [_write_jpeg(copy / "images" / "Fractured" / on_disk(name)) for name in names]
+    if (copy / "images" / "Fractured" / written(names[0])).exists():
+        pytest.skip("this file system treats NFC and NFD names as the same name")
+
+    split = read_split(split_path, copy)
+    found = [split.path_of(entry) for entry in split.entries]
+
+    assert found == [path.resolve() for path in disk_files]
+    for path in found:
+        assert load_pixels(path, (24, 24)).shape == (24, 24, 3)
+
+
+def test_split_path_mixed_normal_forms(tmp_path):
+    # The folder name is NFC on disk and the file name NFD, while the split records both in NFC.
+    on_disk = _write_jpeg(tmp_path / _nfc("Übersicht") / _nfd("Röntgen.jpg"))
+    split = _split_with_paths(tmp_path, [_nfc("Übersicht/Röntgen.jpg")])
+    assert split.path_of(split.entries[0]) == on_disk
+
+
+def test_split_path_missing_keeps_name(tmp_path):
+    relative = _nfc("images/Fractured/Röntgen.jpg")
+    split = _split_with_paths(tmp_path, [relative])
+    assert split.path_of(split.entries[0]) == tmp_path / relative
+
+
+def test_split_path_exact_name_first(tmp_path):
+    # Both forms exist as two files: the name the split records wins.
+    nfc_file = _write_jpeg(tmp_path / _nfc("Röntgen.jpg"))
+    nfd_file = _write_jpeg(tmp_path / _nfd("Röntgen.jpg"))
+    if nfc_file == nfd_file or len(list(tmp_path.iterdir())) != 2:
+        pytest.skip("this file system treats NFC and NFD names as the same name")
+    split = _split_with_paths(tmp_path, [_nfd("Röntgen.jpg"), _nfc("Röntgen.jpg")])
+    assert [split.path_of(entry) for entry in split.entries] == [nfd_file, nfc_file]
 
 
 def test_split_file_missing(tmp_path):
