@@ -189,11 +189,11 @@ def check_epochs(architecture: str, epochs: int, finetune_epochs: int, finetune_
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Images per training step.")
 @click.option(
-    "--learning-rate", type=FiniteFloatRange(min=0.0), default=1e-3, show_default=True,
+    "--learning-rate", type=FiniteFloatRange(min=0.0, min_open=True), default=1e-3, show_default=True,
     help="Adam learning rate of the first phase.",
 )
 @click.option(
-    "--finetune-learning-rate", type=FiniteFloatRange(min=0.0), default=1e-4, show_default=True,
+    "--finetune-learning-rate", type=FiniteFloatRange(min=0.0, min_open=True), default=1e-4, show_default=True,
     help="Adam learning rate of fine-tuning.",
 )
 @click.option(
