@@ -9,6 +9,7 @@ from edgefrac.card import DecisionThreshold, ModelCard, OutputKind
 from edgefrac.classifier import tensor_quantization
 from edgefrac.preprocessing import PreprocessConfig
 from edgefrac.runtime import make_interpreter
+from edgefrac.tta import TestTimeAugmentation
 
 
 def card_for_model(
@@ -21,6 +22,7 @@ def card_for_model(
     threshold: DecisionThreshold,
     provenance: dict,
     evaluation: dict | None = None,
+    test_time_augmentation: TestTimeAugmentation = TestTimeAugmentation.NONE,
 ) -> ModelCard:
     """Return a card whose tensor fields are read from ``tflite`` by the device runtime itself."""
     interpreter = make_interpreter(tflite, threads=1)
@@ -37,6 +39,7 @@ def card_for_model(
         output=tensor_quantization(interpreter.get_output_details()[0]),
         output_kind=OutputKind(output_kind),
         threshold=threshold,
+        test_time_augmentation=test_time_augmentation,
         provenance=provenance,
         evaluation=evaluation or {},
     )

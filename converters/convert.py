@@ -6,7 +6,8 @@ dataset from training images, scale up the stem's low ReLU6 channels
 layers), convert each variant, refine the int8 model
 against a float32 conversion (``converters.post_calibration``), score the
 validation (and test) split with Keras and with each converted model through
-the device runtime, re-tune the int8 threshold on the int8 outputs, and write
+the device runtime (both in the views of the record's test-time augmentation,
+``edgefrac.tta``), re-tune the int8 threshold on the int8 outputs, and write
 one ``.efm`` per variant whose card carries the threshold and the measured drift.
 
 The int8 model's output is the logit by default. A sigmoid output quantized
@@ -32,6 +33,7 @@ from converters import calibration
 from converters.post_calibration import PostCalibrationOptions, refine
 from converters.relu6_scaling import scale_relu6_channels
 from converters.cards import card_for_model
+from converters.scoring import keras_probabilities, record_augmentation
 from converters.split import Split, read_split
 from converters.tf import keras, tf
 from converters.tflite import Variant, convert
@@ -45,6 +47,7 @@ from edgefrac.images import load_input
 from edgefrac.modelfile import LoadedModel, write_model_file
 from edgefrac.preprocessing import PreprocessConfig
 from edgefrac.splitfile import check_training_record
+from edgefrac.tta import TestTimeAugmentation
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +104,7 @@ class ConversionReport:
     source_sha256: str
     reference_threshold: float
     target_sensitivity: float
+    test_time_augmentation: TestTimeAugmentation
     calibration_images: int
     calibration_ids_sha256: str
     results: tuple[VariantResult, ...]
@@ -114,6 +118,7 @@ class ConversionReport:
             "source_sha256": self.source_sha256,
             "reference_threshold": self.reference_threshold,
             "target_sensitivity": self.target_sensitivity,
+            "test_time_augmentation": self.test_time_augmentation.value,
             "calibration_images": self.calibration_images,
             "calibration_ids_sha256": self.calibration_ids_sha256,
             "results": [r.to_dict() for r in self.results],
@@ -174,10 +179,6 @@ def _report_failures(subset: str, failures: list, total: int, root: Path) -> Non
             f"no image of the {subset} could be loaded from {root}; check that --calibration points at the "
             "dataset folder the split file was made from"
         )
-
-
-def _keras_probabilities(model: keras.Model, inputs: np.ndarray) -> np.ndarray:
-    return model.predict(inputs, batch_size=32, verbose=0).reshape(-1).astype(np.float64)
 
 
 def _tflite_probabilities(classifier: FractureClassifier, inputs: np.ndarray) -> np.ndarray:
@@ -287,6 +288,7 @@ def convert_keras_model(
             "pass --scaling (and --resize) to state it"
         )
     recorded_threshold = record.get("threshold", {})
+    augmentation = record_augmentation(record, f"training record {model_record_path(model_path)}")
     reference_threshold = options.threshold if options.threshold is not None else recorded_threshold.get("value")
     target_sensitivity = options.target_sensitivity or recorded_threshold.get("target_sensitivity") or 0.90
     model = keras.models.load_model(model_path, compile=False)
@@ -310,7 +312,7 @@ def convert_keras_model(
         for split_name in ("validation", "test"):
             subset = _score_split(split, split_name, config)
             if subset is not None:
-                scored[split_name] = (subset, _keras_probabilities(model, subset.inputs))
+                scored[split_name] = (subset, keras_probabilities(model, subset.inputs, augmentation))
     if reference_threshold is None:
         if "validation" not in scored:
             raise UsageError("no threshold recorded for this model and no validation split to choose one; pass --threshold")
@@ -330,7 +332,7 @@ def convert_keras_model(
             tflite, post_calibration = _refine_int8(conversion_model, tflite, output_kind, representative, options)
         results.append(
             _finish_variant(
-                variant, tflite, output_kind, name, output_dir, config, record, scored,
+                variant, tflite, output_kind, name, output_dir, config, augmentation, record, scored,
                 reference_threshold, target_sensitivity, representative, source_sha256, model_path, split_path,
                 post_calibration, scaling.to_dict() if variant is Variant.INT8 else None,
             )
@@ -340,6 +342,7 @@ def convert_keras_model(
         source_sha256=source_sha256,
         reference_threshold=float(reference_threshold),
         target_sensitivity=float(target_sensitivity),
+        test_time_augmentation=augmentation,
         calibration_images=len(representative),
         calibration_ids_sha256=representative.ids_sha256,
         results=tuple(results),
@@ -378,7 +381,7 @@ def _refine_int8(model, tflite: bytes, output_kind, representative, options: Con
 
 
 def _finish_variant(
-    variant, tflite, output_kind, name, output_dir, config, record, scored,
+    variant, tflite, output_kind, name, output_dir, config, augmentation, record, scored,
     reference_threshold, target_sensitivity, representative, source_sha256, model_path, split_path,
     post_calibration=None, relu6_scaling=None,
 ) -> VariantResult:
@@ -403,6 +406,7 @@ def _finish_variant(
         preprocessing=config,
         output_kind=output_kind,
         threshold=DecisionThreshold(float(reference_threshold)),
+        test_time_augmentation=augmentation,
         provenance=provenance,
     )
     classifier = FractureClassifier(LoadedModel(path=Path(f"{name}-{variant.value}"), tflite=tflite, card=provisional, sha256=""))

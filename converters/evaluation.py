@@ -1,7 +1,7 @@
 """Score a Keras model on labelled images, for ``edgefrac.evaluation.evaluate``.
 
-The model's preprocessing and decision threshold come from the training
-record beside it (``NAME.json``, written by ``converters.training.train``).
+The model's preprocessing, test-time augmentation and decision threshold come
+from the training record beside it (``NAME.json``, written by ``converters.training.train``).
 Images are decoded by the device runtime's decoder, exactly as a model file
 would see them.
 """
@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from converters.convert import check_input_size
+from converters.scoring import record_augmentation
 from converters.tf import keras
 from converters.training import model_record_path, predict_probabilities, read_model_record
 from edgefrac.errors import InputError, ModelFileError, UsageError
 from edgefrac.evaluation import Case, FailedCase, ScoredCases, failure_of, log_failures
 from edgefrac.images import load_pixels
 from edgefrac.preprocessing import PreprocessConfig
+from edgefrac.tta import TestTimeAugmentation
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class KerasModel:
     preprocessing: PreprocessConfig
     threshold: float
     architecture: str
+    test_time_augmentation: TestTimeAugmentation = TestTimeAugmentation.NONE
 
 
 def load_keras_model(path: str | Path) -> KerasModel:
@@ -63,6 +66,7 @@ def load_keras_model(path: str | Path) -> KerasModel:
         preprocessing=preprocessing,
         threshold=float(record["threshold"]["value"]),
         architecture=str(record.get("architecture", "unknown")),
+        test_time_augmentation=record_augmentation(record, f"training record {model_record_path(path)}"),
     )
 
 
@@ -80,5 +84,9 @@ def score_keras_cases(loaded: KerasModel, cases: list[Case]) -> ScoredCases:
             continue
         decoded.append(case)
     log_failures(failed, len(cases))
-    probabilities = predict_probabilities(loaded.model, pixels[: len(decoded)], config) if decoded else np.empty(0)
+    probabilities = (
+        predict_probabilities(loaded.model, pixels[: len(decoded)], config, loaded.test_time_augmentation)
+        if decoded
+        else np.empty(0)
+    )
     return ScoredCases(tuple(decoded), probabilities, tuple(failed))

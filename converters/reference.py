@@ -2,7 +2,8 @@
 
 It decodes and preprocesses each file with the device code and the candidate's
 card, so the two models see the same input values, and returns the Keras
-model's probability output.
+model's probability output, combined over the views of the test-time
+augmentation its training record names (the candidate's without a record).
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from converters.scoring import record_augmentation
 from converters.tf import keras, tf
 from converters.training import read_model_record
 from edgefrac.classifier import FractureClassifier
 from edgefrac.images import load_input
 from edgefrac.preprocessing import PreprocessConfig
+from edgefrac.tta import combine_probabilities, views
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +48,15 @@ class KerasReference:
         self.allow_truncated = allow_truncated
         record = read_model_record(self.path)
         self._check_record(record)
+        self.test_time_augmentation = candidate.card.test_time_augmentation
+        if record:
+            self.test_time_augmentation = record_augmentation(record, f"training record of {self.path}")
+            if self.test_time_augmentation is not candidate.card.test_time_augmentation:
+                logger.warning(
+                    "%s is scored with test-time augmentation %s, as its training record says, but the candidate "
+                    "with %s; drift will include that difference",
+                    self.path, self.test_time_augmentation.value, candidate.card.test_time_augmentation.value,
+                )
         self._predict = tf.function(lambda batch: self.model(batch, training=False))
         if threshold is not None:
             self.threshold, self.threshold_source = float(threshold), "--reference-threshold"
@@ -70,5 +82,8 @@ class KerasReference:
 
     def probability(self, path: Path) -> float:
         model_input = load_input(path, self.preprocessing, allow_truncated=self.allow_truncated)
-        output = self._predict(tf.constant(model_input[np.newaxis, ...]))
-        return float(np.asarray(output).reshape(-1)[0])
+        per_view = [
+            np.asarray(self._predict(tf.constant(view[np.newaxis, ...])), dtype=np.float64).reshape(-1)
+            for view in views(model_input, self.test_time_augmentation)
+        ]
+        return float(combine_probabilities(per_view)[0])

@@ -4,8 +4,10 @@ Augmentation runs on training batches only, after the split. Early stopping
 watches validation ROC-AUC in each phase, and the saved weights are those of
 the best epoch over all phases (for MobileNetV2, head and fine-tuning). The
 decision threshold is then chosen on the validation split to reach a target
-sensitivity, and the model is written as ``NAME.keras`` beside a ``NAME.json``
-training record that ``edgefrac convert`` and ``edgefrac evaluate`` read.
+sensitivity, scoring each image in the views of the recipe's test-time
+augmentation (``edgefrac.tta``). The model is written as ``NAME.keras``
+beside a ``NAME.json`` training record that ``edgefrac convert`` and
+``edgefrac evaluate`` read.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from converters import architectures
 from converters.architectures import Architecture
 from converters.calibration import stratified_sample
 from converters.pixels import load_entries
+from converters.scoring import keras_probabilities
 from converters.split import read_split
 from converters.tf import keras, tf
 from edgefrac import metrics
 from edgefrac.dataset import file_sha256
 from edgefrac.errors import UsageError
 from edgefrac.preprocessing import PreprocessConfig
+from edgefrac.tta import TestTimeAugmentation
 
 logger = logging.getLogger(__name__)
 
@@ -275,10 +279,41 @@ def describe_initial_model(path: str | Path) -> dict:
     return description
 
 
-def predict_probabilities(model, pixels: np.ndarray, config: PreprocessConfig, batch_size: int = 64) -> np.ndarray:
-    """Run a Keras model over uint8 pixels and return one probability per image."""
-    scaled = config.scaling.apply(pixels)
-    return model.predict(scaled, batch_size=batch_size, verbose=0).reshape(-1).astype(np.float64)
+def predict_probabilities(
+    model,
+    pixels: np.ndarray,
+    config: PreprocessConfig,
+    augmentation: TestTimeAugmentation = TestTimeAugmentation.NONE,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Run a Keras model over uint8 pixels, in each view of ``augmentation``, and return one probability per image."""
+    return keras_probabilities(model, config.scaling.apply(pixels), augmentation, batch_size=batch_size)
+
+
+def choose_threshold(
+    model,
+    pixels: np.ndarray,
+    labels: np.ndarray,
+    config: PreprocessConfig,
+    target_sensitivity: float,
+    augmentation: TestTimeAugmentation,
+) -> tuple[dict, float]:
+    """Choose the threshold that reaches ``target_sensitivity`` on validation images.
+
+    Returns the record's ``threshold`` entry and the validation ROC-AUC.
+    """
+    scores = predict_probabilities(model, pixels, config, augmentation)
+    threshold = metrics.threshold_for_sensitivity(scores, labels, target_sensitivity)
+    at_threshold = metrics.confusion(scores, labels, threshold)
+    entry = {
+        "value": threshold,
+        "target_sensitivity": target_sensitivity,
+        "chosen_on": "validation",
+        "sensitivity": at_threshold.sensitivity,
+        "specificity": at_threshold.specificity,
+        "images": at_threshold.count,
+    }
+    return entry, metrics.roc_auc(scores, labels)
 
 
 def check_record_path(split_path: str | Path, output: str | Path) -> None:
@@ -381,8 +416,18 @@ def _unfreeze_top(backbone, layers: int) -> None:
             layer.trainable = False
 
 
-def train(split_path: str | Path, output: str | Path, recipe: TrainingRecipe, data_root: str | Path | None = None) -> dict:
-    """Train ``recipe`` on the split at ``split_path`` and write ``output`` (``.keras``) and its record."""
+def train(
+    split_path: str | Path,
+    output: str | Path,
+    recipe: TrainingRecipe,
+    data_root: str | Path | None = None,
+    augmentation: TestTimeAugmentation = TestTimeAugmentation.NONE,
+) -> dict:
+    """Train ``recipe`` on the split at ``split_path`` and write ``output`` (``.keras``) and its record.
+
+    ``augmentation`` is the test-time augmentation the threshold is chosen
+    with; the record names it, and the converted model files use it.
+    """
     started = time.monotonic()
     output = Path(output)
     check_record_path(split_path, output)
@@ -423,10 +468,9 @@ def train(split_path: str | Path, output: str | Path, recipe: TrainingRecipe, da
                 deadline,
             )
 
-    val_scores = predict_probabilities(model, val_pixels, config)
-    threshold = metrics.threshold_for_sensitivity(val_scores, val_labels, recipe.target_sensitivity)
-    at_threshold = metrics.confusion(val_scores, val_labels, threshold)
-    val_auc = metrics.roc_auc(val_scores, val_labels)
+    threshold, val_auc = choose_threshold(
+        model, val_pixels, val_labels, config, recipe.target_sensitivity, augmentation
+    )
     # Keras 3 saves the optimizer state of a compiled model, which triples the custom CNN's file
     # (Adam keeps two values per weight), and clone_model copies the compiled state. A functional
     # model over the same layers is not compiled, so it saves the weights only.
@@ -441,14 +485,8 @@ def train(split_path: str | Path, output: str | Path, recipe: TrainingRecipe, da
         "architecture": architecture.value,
         "preprocessing": config.to_dict(),
         "class_names": ["not_fractured", "fractured"],
-        "threshold": {
-            "value": threshold,
-            "target_sensitivity": recipe.target_sensitivity,
-            "chosen_on": "validation",
-            "sensitivity": at_threshold.sensitivity,
-            "specificity": at_threshold.specificity,
-            "images": at_threshold.count,
-        },
+        "threshold": threshold,
+        "test_time_augmentation": augmentation.value,
         "validation_auc": val_auc,
         "split_file_sha256": file_sha256(Path(split_path)),
         "split_ids_sha256": {name: split.ids_hash(split.subset(name)) for name in ("train", "validation", "test")},
@@ -465,6 +503,6 @@ def train(split_path: str | Path, output: str | Path, recipe: TrainingRecipe, da
     model_record_path(output).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     logger.info(
         "saved %s: validation AUC %.3f, threshold %.4f gives sensitivity %.3f specificity %.3f",
-        output, val_auc, threshold, at_threshold.sensitivity, at_threshold.specificity,
+        output, val_auc, threshold["value"], threshold["sensitivity"], threshold["specificity"],
     )
     return record

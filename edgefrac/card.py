@@ -20,6 +20,7 @@ import re
 
 from edgefrac.errors import ModelFileError, UsageError
 from edgefrac.preprocessing import PreprocessConfig
+from edgefrac.tta import TestTimeAugmentation
 
 CARD_FORMAT = "edgefrac-card/1"
 DEFAULT_CLASS_NAMES = ("not_fractured", "fractured")
@@ -123,11 +124,13 @@ class ModelCard:
     output_kind: OutputKind = OutputKind.PROBABILITY
     class_names: tuple[str, str] = DEFAULT_CLASS_NAMES
     threshold: DecisionThreshold = DecisionThreshold(0.5)
+    test_time_augmentation: TestTimeAugmentation = TestTimeAugmentation.NONE
     provenance: dict = dataclasses.field(default_factory=dict)
     evaluation: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "output_kind", OutputKind(self.output_kind))
+        object.__setattr__(self, "test_time_augmentation", TestTimeAugmentation.parse(self.test_time_augmentation))
         value = self.threshold.value
         if not _is_fraction(value):
             raise ModelFileError(f"model card threshold {value!r} is invalid: expected a probability in [0, 1]")
@@ -144,6 +147,7 @@ class ModelCard:
             "output_kind": self.output_kind.value,
             "class_names": list(self.class_names),
             "threshold": self.threshold.to_dict(),
+            "test_time_augmentation": self.test_time_augmentation.value,
             "provenance": self.provenance,
             "evaluation": self.evaluation,
         }
@@ -167,6 +171,9 @@ class ModelCard:
             "output_kind": _parse_field(data, "output_kind", OutputKind, default="probability"),
             "class_names": _parse_field(data, "class_names", _parse_class_names, default=DEFAULT_CLASS_NAMES),
             "threshold": _parse_field(data, "threshold", DecisionThreshold.from_dict),
+            "test_time_augmentation": _parse_field(
+                data, "test_time_augmentation", TestTimeAugmentation.parse, default="none"
+            ),
             "provenance": _parse_field(data, "provenance", _object, default={}),
             "evaluation": _parse_field(data, "evaluation", _object, default={}),
         }

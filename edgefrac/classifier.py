@@ -22,6 +22,7 @@ from edgefrac.images import DEFAULT_MAX_PIXELS, load_input
 from edgefrac.modelfile import LoadedModel, load_model
 from edgefrac.preprocessing import PreprocessConfig, ResizeMethod, ValueScaling
 from edgefrac.runtime import Runtime, make_interpreter, probe_load, resolve_runtime
+from edgefrac.tta import TestTimeAugmentation, combine_probabilities, sigmoid, views
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class Overrides:
     scaling: ValueScaling | None = None
     threshold: float | None = None
     output_kind: OutputKind | None = None
+    test_time_augmentation: TestTimeAugmentation | None = None
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
@@ -65,20 +67,19 @@ def tensor_quantization(detail: dict) -> TensorQuantization:
     )
 
 
-def _departures_from_card(card: ModelCard, preprocessing: PreprocessConfig, output_kind: OutputKind) -> list[str]:
-    """List each setting that differs from ``card`` as ``name card-value -> new-value``."""
+def _departures_from_card(card: ModelCard, effective: ModelCard) -> list[str]:
+    """List each setting of ``effective`` that differs from ``card`` as ``name card-value -> new-value``."""
     pairs = [
-        ("resize", card.preprocessing.resize.value, preprocessing.resize.value),
-        ("scaling", card.preprocessing.scaling.value, preprocessing.scaling.value),
-        ("output kind", card.output_kind.value, output_kind.value),
+        ("resize", card.preprocessing.resize.value, effective.preprocessing.resize.value),
+        ("scaling", card.preprocessing.scaling.value, effective.preprocessing.scaling.value),
+        ("output kind", card.output_kind.value, effective.output_kind.value),
+        (
+            "test-time augmentation",
+            card.test_time_augmentation.value,
+            effective.test_time_augmentation.value,
+        ),
     ]
     return [f"{name} {before} -> {after}" for name, before, after in pairs if before != after]
-
-
-def sigmoid(values) -> np.ndarray:
-    """Return the logistic function of ``values``, stable for large magnitudes."""
-    values = np.asarray(values, dtype=np.float64)
-    return np.where(values >= 0, 1.0 / (1.0 + np.exp(-np.abs(values))), np.exp(-np.abs(values)) / (1.0 + np.exp(-np.abs(values))))
 
 
 def representable_range(output: TensorQuantization) -> tuple[float, float]:
@@ -187,9 +188,14 @@ class FractureClassifier:
             preprocessing = PreprocessConfig(**{**dataclasses.asdict(preprocessing), **changes})
             self._check_size(preprocessing, from_overrides=True)
         threshold = card.threshold
-        output_kind = overrides.output_kind or card.output_kind
+        effective = dataclasses.replace(
+            card,
+            preprocessing=preprocessing,
+            output_kind=overrides.output_kind or card.output_kind,
+            test_time_augmentation=overrides.test_time_augmentation or card.test_time_augmentation,
+        )
         if self.model.card is not None:
-            departures = _departures_from_card(card, preprocessing, output_kind)
+            departures = _departures_from_card(card, effective)
             if departures:
                 logger.warning(
                     "%s: %s overridden on the command line; the model was validated with the card's values, "
@@ -202,12 +208,13 @@ class FractureClassifier:
                 )
         if overrides.threshold is not None:
             threshold = DecisionThreshold(overrides.threshold, chosen_on="set on the command line")
-        effective = dataclasses.replace(card, preprocessing=preprocessing, threshold=threshold, output_kind=output_kind)
+        effective = dataclasses.replace(effective, threshold=threshold)
         if self.model.card is None:
             logger.warning(
                 "%s has no model card, so no preprocessing contract was found: using %dx%d input, %s resize, "
-                "%s scaling, %s output (%s) and threshold %g. Pass --resize, --scaling, --output-kind or "
-                "--threshold if the model was trained otherwise",
+                "%s scaling, %s output (%s), test-time augmentation %s and threshold %g. Pass --resize, "
+                "--scaling, --output-kind, --test-time-augmentation or --threshold if the model was trained "
+                "otherwise",
                 self.model.path,
                 preprocessing.width,
                 preprocessing.height,
@@ -215,6 +222,7 @@ class FractureClassifier:
                 preprocessing.scaling.value,
                 effective.output_kind.value,
                 self._output_kind_source(overrides),
+                effective.test_time_augmentation.value,
                 threshold.value,
             )
         return effective
@@ -312,9 +320,22 @@ class FractureClassifier:
         return raw_output
 
     def predict_input(self, model_input: np.ndarray) -> Prediction:
-        """Score one preprocessed input."""
-        raw = self.invoke(model_input)
-        probability = self.to_probability(raw)
+        """Score one preprocessed input, in each view the card's test-time augmentation names.
+
+        With more than one view, the probability comes from the mean of the
+        views' logits, and ``raw_output`` is that mean logit for a logit
+        output, or that probability for a probability output.
+        """
+        raws = [self.invoke(view) for view in views(model_input, self.card.test_time_augmentation)]
+        if len(raws) == 1:
+            raw = raws[0]
+            probability = self.to_probability(raw)
+        elif self.card.output_kind is OutputKind.LOGIT:
+            raw = float(np.mean(raws))
+            probability = float(sigmoid(raw))
+        else:
+            probability = float(combine_probabilities([self.to_probability(value) for value in raws]))
+            raw = probability
         return Prediction(probability=probability, raw_output=raw, fractured=probability >= self.threshold)
 
     def predict_file(self, path: str | os.PathLike) -> Prediction:

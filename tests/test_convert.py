@@ -438,3 +438,39 @@ def test_calibration_logs_truncated_without_option_hint(labelled_split, caplog):
     assert "--calibration-size 1000 exceeds" in caplog.text
     assert "--allow-truncated" not in caplog.text
     assert len(representative) == sum(1 for _ in (root / "images").rglob("*.jpg")) - 1
+
+
+def test_convert_scores_both_models_in_mirror_views(recorded_model, labelled_dataset, split_file, tmp_path):
+    from converters.scoring import keras_probabilities
+    from converters.split import read_split
+    from converters.tf import keras
+    from edgefrac.classifier import FractureClassifier
+    from edgefrac.images import load_input
+    from edgefrac.modelfile import load_model
+    from edgefrac.tta import TestTimeAugmentation
+
+    flip = TestTimeAugmentation.HORIZONTAL_FLIP
+    _with_record(recorded_model, test_time_augmentation="horizontal_flip")
+    result = _convert_cli(recorded_model, "--calibration", labelled_dataset, "--split-file", split_file,
+                          "--variant", "int8", "--calibration-size", "12", "--output-dir", tmp_path / "out", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["test_time_augmentation"] == "horizontal_flip"
+    efm = Path(report["results"][0]["path"])
+    card = load_model(efm).card
+    assert card.test_time_augmentation is flip
+
+    split = read_split(split_file, labelled_dataset)
+    classifier = FractureClassifier.from_path(efm)
+    config = classifier.preprocessing
+    inputs = np.stack([load_input(split.path_of(e), config) for e in split.subset("validation", decodable_only=True)])
+    model = keras.models.load_model(recorded_model, compile=False)
+    keras_scores = keras_probabilities(model, inputs, flip)
+    single = keras_probabilities(model, inputs, TestTimeAugmentation.NONE)
+    assert not np.allclose(keras_scores, single), "the mirror images must score differently for this test"
+    int8_scores = np.array([classifier.predict_input(x).probability for x in inputs])
+    agreement = np.mean((keras_scores >= 0.5) == (int8_scores >= card.threshold.value))
+    drift = card.evaluation["drift_validation"]
+    assert drift["agreement"] == pytest.approx(agreement)
+    assert drift["images"] == len(inputs)
+    assert drift["max_abs_delta_p"] == pytest.approx(np.max(np.abs(keras_scores - int8_scores)))

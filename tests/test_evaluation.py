@@ -455,13 +455,14 @@ def test_evaluate_plain_tflite_overrides(tiny_float_tflite, labelled_split):
     assert differs > 0
 
 
-def test_evaluate_keras_rejects_overrides(labelled_split, tmp_path):
+@pytest.mark.parametrize("option", [["--scaling", "0_1"], ["--test-time-augmentation", "horizontal_flip"]])
+def test_evaluate_keras_rejects_overrides(labelled_split, tmp_path, option):
     _, split_file = labelled_split
     model = tmp_path / "model.keras"
     model.write_bytes(b"not read")
-    result = CliRunner().invoke(main, ["evaluate", str(model), "--split-file", str(split_file), "--scaling", "0_1"])
+    result = CliRunner().invoke(main, ["evaluate", str(model), "--split-file", str(split_file), *option])
     assert result.exit_code == 2
-    assert "--scaling, --resize and --output-kind apply to .efm and .tflite models" in result.stderr
+    assert "--output-kind and --test-time-augmentation apply to .efm and .tflite models" in result.stderr
 
 
 def _keras_with_record(tiny_keras_model, folder: Path, *, size: int, train_ids_sha256: str | None) -> Path:

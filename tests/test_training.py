@@ -584,3 +584,93 @@ def test_train_mobilenet_records_best_epoch(labelled_split, tmp_path):
     assert record["best_epoch"]["val_auc"] == pytest.approx(best["val_auc"])
     assert record["best_epoch"]["phase"] == best["phase"]
     assert load_keras_model(model).model is not None
+
+
+def _copy_trained(trained, tmp_path):
+    """Copy the module's trained model and its record, so a test may rewrite the record."""
+    model, _, split_file, _ = trained
+    copy = tmp_path / "copy.keras"
+    copy.write_bytes(model.read_bytes())
+    copy.with_suffix(".json").write_text(model.with_suffix(".json").read_text())
+    return copy, split_file
+
+
+def test_threshold_command_rechooses_with_mirror_views(trained, tmp_path):
+    from converters.evaluation import load_keras_model
+    from converters.pixels import load_entries
+    from converters.split import read_split
+    from edgefrac import metrics
+    from edgefrac.drift import logit
+    from edgefrac.tta import TestTimeAugmentation, sigmoid
+
+    model, split_file = _copy_trained(trained, tmp_path)
+    before = json.loads(model.with_suffix(".json").read_text())
+    assert before["test_time_augmentation"] == "none"
+    arguments = [
+        "threshold", str(model), "--split-file", str(split_file), "--test-time-augmentation", "horizontal_flip",
+        "--target-sensitivity", "0.8",
+    ]
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 0, result.output
+
+    record = json.loads(model.with_suffix(".json").read_text())
+    assert record["test_time_augmentation"] == "horizontal_flip"
+    assert record["previous_thresholds"][-1]["threshold"] == before["threshold"]
+    assert record["previous_thresholds"][-1]["test_time_augmentation"] == "none"
+    assert record["recipe"] == before["recipe"]
+    loaded = load_keras_model(model)
+    assert loaded.test_time_augmentation is TestTimeAugmentation.HORIZONTAL_FLIP
+    split = read_split(split_file)
+    pixels, labels, _ = load_entries(split, split.subset("validation", decodable_only=True), loaded.preprocessing)
+    scaled = loaded.preprocessing.scaling.apply(pixels)
+    original = loaded.model.predict(scaled, verbose=0).reshape(-1)
+    mirrored = loaded.model.predict(scaled[:, :, ::-1, :], verbose=0).reshape(-1)
+    assert not np.allclose(original, mirrored), "the mirror images must score differently for this test"
+    combined = sigmoid((logit(original) + logit(mirrored)) / 2)
+    assert record["threshold"]["value"] == pytest.approx(metrics.threshold_for_sensitivity(combined, labels, 0.8))
+    assert record["threshold"]["target_sensitivity"] == 0.8
+    assert record["validation_auc"] == pytest.approx(metrics.roc_auc(combined, labels))
+    assert f"-> {record['threshold']['value']:.4f} (test-time augmentation horizontal_flip)" in result.stdout
+
+    again = CliRunner().invoke(main, ["threshold", str(model), "--split-file", str(split_file)])
+    assert again.exit_code == 0, again.output
+    kept = json.loads(model.with_suffix(".json").read_text())
+    assert kept["test_time_augmentation"] == "horizontal_flip"
+    assert kept["threshold"]["target_sensitivity"] == 0.8
+    assert len(kept["previous_thresholds"]) == 2
+
+
+def test_threshold_command_errors(trained, tmp_path):
+    model, split_file = _copy_trained(trained, tmp_path)
+    record_path = model.with_suffix(".json")
+    record = json.loads(record_path.read_text())
+
+    record_path.write_text(json.dumps({**record, "test_time_augmentation": "rotate"}))
+    unknown = CliRunner().invoke(main, ["threshold", str(model), "--split-file", str(split_file)])
+    assert unknown.exit_code == 2
+    assert "test-time augmentation 'rotate' is unknown" in unknown.output
+
+    record_path.unlink()
+    missing = CliRunner().invoke(main, ["threshold", str(model), "--split-file", str(split_file)])
+    assert missing.exit_code == 2
+    assert f"no training record with a threshold and preprocessing at {record_path}" in missing.output
+
+    other = tmp_path / "model.h5"
+    other.write_bytes(b"x")
+    wrong_suffix = CliRunner().invoke(main, ["threshold", str(other), "--split-file", str(split_file)])
+    assert wrong_suffix.exit_code == 2
+    assert "expected a .keras model" in wrong_suffix.output
+
+
+def test_train_records_test_time_augmentation(labelled_split, tmp_path):
+    _, split_file = labelled_split
+    model = tmp_path / "flip.keras"
+    arguments = [
+        "train", "--split-file", str(split_file), "--output", str(model), "--resolution", "32", "--epochs", "1",
+        "--batch-size", "8", "--test-time-augmentation", "horizontal_flip",
+    ]
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 0, result.output
+    record = json.loads(model.with_suffix(".json").read_text())
+    assert record["test_time_augmentation"] == "horizontal_flip"
+    assert "test_time_augmentation" not in record["recipe"]

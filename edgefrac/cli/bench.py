@@ -58,7 +58,7 @@ def _reference_factory(reference: Path, threshold: float | None, threads: int, a
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
 @click.option("--report", "report_folder", type=click.Path(path_type=Path, file_okay=False),
               help="Also write report.md, report.json and PNG plots into this folder (needs edgefrac[bench]).")
-@override_options("threshold", "scaling", "resize", "output_kind")
+@override_options("threshold", "scaling", "resize", "output_kind", "test_time_augmentation")
 def bench(
     model: Path,
     threads: tuple[int, ...],
@@ -76,6 +76,7 @@ def bench(
     scaling: str | None,
     resize: str | None,
     output_kind: str | None,
+    test_time_augmentation: str | None,
 ) -> None:
     """Measure MODEL's latency, memory use and, with --reference, its accuracy drift.
 
@@ -84,9 +85,11 @@ def bench(
     --data, every image is also scored end to end. A warning goes to stderr
     when the CPU governor is not 'performance' or the machine looks busy.
 
-    --threshold, --scaling, --resize and --output-kind replace the model
-    card's values; a plain .tflite has no card and needs them when it was
-    trained otherwise.
+    --threshold, --scaling, --resize, --output-kind and
+    --test-time-augmentation replace the model card's values; a plain .tflite
+    has no card and needs them when it was trained otherwise. Invoke-only
+    latency is per invocation; with 'horizontal_flip' test-time augmentation
+    each image takes two, and the end-to-end figures include both.
 
     Exit codes: 0 done; 1 the model or runtime failed; 2 invalid options;
     4 the fraction of flipped decisions exceeded --max-drift (the model is
@@ -107,7 +110,13 @@ def bench(
         data=data,
         max_images=max_images,
         allow_truncated=allow_truncated,
-        overrides=overrides_from(threshold=threshold, scaling=scaling, resize=resize, output_kind=output_kind),
+        overrides=overrides_from(
+            threshold=threshold,
+            scaling=scaling,
+            resize=resize,
+            output_kind=output_kind,
+            test_time_augmentation=test_time_augmentation,
+        ),
     )
     make_reference = None
     if reference is not None:

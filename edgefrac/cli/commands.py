@@ -10,3 +10,4 @@ from edgefrac.cli import bench  # noqa: F401, E402
 from edgefrac.cli import edgetpu  # noqa: F401, E402  (edgetpu-check)
 from edgefrac.cli import capture  # noqa: F401, E402  (capture)
 from edgefrac.cli import convert  # noqa: F401, E402
+from edgefrac.cli import threshold  # noqa: F401, E402

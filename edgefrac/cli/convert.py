@@ -25,7 +25,8 @@ def _print_table(report) -> None:
     click.echo(
         f"source {report.source} (sha256 {report.source_sha256[:12]}), reference threshold "
         f"{report.reference_threshold:.4f}, target sensitivity {report.target_sensitivity:.2f}, "
-        f"{report.calibration_images} calibration images"
+        f"{report.calibration_images} calibration images, test-time augmentation "
+        f"{report.test_time_augmentation.value}"
     )
     header = f"{'variant':<8} {'split':<10} {'agreement':>9} {'AUC ref':>8} {'AUC new':>8} {'dSens':>7} {'dSpec':>7} {'max|dp|':>8} {'sd logit':>8} {'sd near':>8} {'n near':>6}  {'threshold':>9}  file"
     click.echo(header)

@@ -18,6 +18,7 @@ import click
 from edgefrac.cli import main
 from edgefrac.cli.types import FiniteFloatRange
 from edgefrac.errors import UsageError
+from edgefrac.tta import TestTimeAugmentation
 
 ARCHITECTURES = ("cnn", "mobilenetv2")
 PROGRESS_LOGGERS = ("converters", "edgefrac")
@@ -219,6 +220,14 @@ def check_epochs(architecture: str, epochs: int, finetune_epochs: int, finetune_
 )
 @click.option("--no-augment", is_flag=True, help="Train without flips, rotation, zoom and contrast changes.")
 @click.option(
+    "--test-time-augmentation",
+    type=click.Choice([member.value for member in TestTimeAugmentation]),
+    default=TestTimeAugmentation.NONE.value,
+    show_default=True,
+    help="Views each image is scored in when the threshold is chosen and on the device: 'horizontal_flip' also "
+    "scores the mirror image and averages the two logits, at twice the inference time.",
+)
+@click.option(
     "--initial-model", type=click.Path(dir_okay=False), default=None,
     help="Start from the weights of this .keras model (same --arch, --alpha and --resolution) "
     "to continue an earlier run, for example at a lower learning rate.",
@@ -244,6 +253,7 @@ def train(
     time_budget_minutes: float | None,
     log_file: Path | None,
     no_augment: bool,
+    test_time_augmentation: str,
     initial_model: str | None,
 ) -> None:
     """Train a classifier on the training split and choose its threshold on the validation split.
@@ -287,7 +297,9 @@ def train(
         initial_model=initial_model,
     )
     with progress_logging(log_file):
-        record = train_model(split_file, output, recipe, data_root=data)
+        record = train_model(
+            split_file, output, recipe, data_root=data, augmentation=TestTimeAugmentation(test_time_augmentation)
+        )
     threshold = record["threshold"]
     click.echo(f"Wrote {output} and {model_record_path(output)}")
     click.echo(

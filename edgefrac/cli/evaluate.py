@@ -67,6 +67,7 @@ def _score_model_file(model: Path, cases: list[Case], overrides: Overrides, spli
         "runtime": classifier.runtime.info.describe(),
         "preprocessing": classifier.preprocessing.to_dict(),
         "output_kind": classifier.card.output_kind.value,
+        "test_time_augmentation": classifier.card.test_time_augmentation.value,
     }
     return score_cases(classifier, cases), classifier.threshold, source, info
 
@@ -109,7 +110,7 @@ def _score_keras(model: Path, cases: list[Case], threshold: float | None, split_
     help="Bootstrap resamples of the AUC confidence interval.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON instead of a table.")
-@override_options("scaling", "resize", "output_kind")
+@override_options("scaling", "resize", "output_kind", "test_time_augmentation")
 @click.pass_context
 def evaluate(
     ctx: click.Context,
@@ -124,6 +125,7 @@ def evaluate(
     scaling: str | None,
     resize: str | None,
     output_kind: str | None,
+    test_time_augmentation: str | None,
 ) -> None:
     """Evaluate MODEL (.keras, .efm or .tflite) on one split of a split file.
 
@@ -135,20 +137,26 @@ def evaluate(
     the split file are scored, counted and listed as 'changed_files'. Exits 3
     when an image that the split file marks as decodable fails.
 
-    --scaling, --resize and --output-kind replace the model card's values of
-    an .efm or .tflite model; a plain .tflite has no card and needs them when
-    it was trained otherwise.
+    --scaling, --resize, --output-kind and --test-time-augmentation replace
+    the model card's values of an .efm or .tflite model; a plain .tflite has
+    no card and needs them when it was trained otherwise.
     """
     from edgefrac.evaluation_report import failure_lines, require_matplotlib, to_text_table, write_outputs
 
     suffix = model.suffix.lower()
     if suffix != KERAS_SUFFIX and suffix not in MODEL_FILE_SUFFIXES:
         raise UsageError(f"cannot evaluate {model}: expected a .keras model, an .efm model file or a .tflite file")
-    overrides = overrides_from(threshold=threshold, scaling=scaling, resize=resize, output_kind=output_kind)
-    if suffix == KERAS_SUFFIX and (scaling or resize or output_kind):
+    overrides = overrides_from(
+        threshold=threshold,
+        scaling=scaling,
+        resize=resize,
+        output_kind=output_kind,
+        test_time_augmentation=test_time_augmentation,
+    )
+    if suffix == KERAS_SUFFIX and (scaling or resize or output_kind or test_time_augmentation):
         raise UsageError(
-            "--scaling, --resize and --output-kind apply to .efm and .tflite models; a .keras model takes its "
-            "preprocessing from its training record, so drop them"
+            "--scaling, --resize, --output-kind and --test-time-augmentation apply to .efm and .tflite models; "
+            "a .keras model takes its preprocessing from its training record, so drop them"
         )
     if output is not None:
         # Fail before the slow scoring rather than after it.

@@ -85,6 +85,7 @@ def classifier_options(command):
         click.option("--height", type=click.IntRange(min=1), help="Model input height in pixels. Default: the card's."),
         click.option("--width", type=click.IntRange(min=1), help="Model input width in pixels. Default: the card's."),
         OPTIONS["output_kind"],
+        OPTIONS["test_time_augmentation"],
         click.option(
             "--allow-truncated",
             is_flag=True,
@@ -112,6 +113,7 @@ def classifier_options(command):
                 scaling=kwargs.pop("scaling"),
                 threshold=kwargs.pop("threshold"),
                 output_kind=kwargs.pop("output_kind"),
+                test_time_augmentation=kwargs.pop("test_time_augmentation"),
             ),
             allow_truncated=kwargs.pop("allow_truncated"),
             max_pixels=kwargs.pop("max_pixels"),

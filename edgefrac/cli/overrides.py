@@ -1,7 +1,8 @@
 """Preprocessing and threshold options for the commands that score images with a model file.
 
 ``infer``, ``capture``, ``evaluate`` and ``bench`` take the same ``--threshold``,
-``--scaling``, ``--resize`` and ``--output-kind`` options. A plain ``.tflite``
+``--scaling``, ``--resize``, ``--output-kind`` and ``--test-time-augmentation``
+options. A plain ``.tflite``
 has no model card, so these options are the only way to give it the
 preprocessing it was trained with. Each is defined once here, so names,
 choices and help text are the same in every command.
@@ -15,6 +16,7 @@ from edgefrac.card import OutputKind
 from edgefrac.classifier import Overrides
 from edgefrac.cli.types import FiniteFloatRange
 from edgefrac.preprocessing import ResizeMethod, ValueScaling
+from edgefrac.tta import TestTimeAugmentation
 
 OPTIONS = {
     "threshold": click.option(
@@ -37,6 +39,12 @@ OPTIONS = {
         type=click.Choice([member.value for member in OutputKind]),
         help="Whether the model outputs a probability or a logit. Default: the model card's.",
     ),
+    "test_time_augmentation": click.option(
+        "--test-time-augmentation",
+        type=click.Choice([member.value for member in TestTimeAugmentation]),
+        help="Views scored per image: 'horizontal_flip' also scores the mirror image and averages the two "
+        "logits, at twice the inference time. Default: the model card's ('none' without a card).",
+    ),
 }
 
 
@@ -57,6 +65,7 @@ def overrides_from(
     scaling: str | None = None,
     resize: str | None = None,
     output_kind: str | None = None,
+    test_time_augmentation: str | None = None,
     height: int | None = None,
     width: int | None = None,
 ) -> Overrides:
@@ -68,4 +77,5 @@ def overrides_from(
         scaling=None if scaling is None else ValueScaling(scaling),
         resize=None if resize is None else ResizeMethod(resize),
         output_kind=None if output_kind is None else OutputKind(output_kind),
+        test_time_augmentation=None if test_time_augmentation is None else TestTimeAugmentation(test_time_augmentation),
     )
