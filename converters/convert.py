@@ -66,6 +66,8 @@ class ConvertOptions:
     threshold: float | None = None
     preprocessing: PreprocessConfig | None = None
     post_calibration: PostCalibrationOptions = PostCalibrationOptions()
+    allow_missing_images: bool = False
+    """Measure drift on the validation and test images present instead of raising UsageError when some are missing."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +83,8 @@ class VariantResult:
     test: drift.DriftReport | None
     post_calibration: dict | None = None
     relu6_scaling: dict | None = None
+    missing_images: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Number of image files missing from each measured split. Its drift figures leave those images out."""
 
     def to_dict(self) -> dict:
         return {
@@ -93,6 +97,7 @@ class VariantResult:
             "post_calibration": self.post_calibration,
             "validation": self.validation.to_dict() if self.validation else None,
             "test": self.test.to_dict() if self.test else None,
+            "missing_images": self.missing_images,
         }
 
 
@@ -131,6 +136,7 @@ class _ScoredSplit:
     labels: np.ndarray
     inputs: np.ndarray
     groups: dict[str, list[str]]
+    missing: int
 
 
 def _score_split(split: Split, name: str, config: PreprocessConfig) -> _ScoredSplit | None:
@@ -140,6 +146,7 @@ def _score_split(split: Split, name: str, config: PreprocessConfig) -> _ScoredSp
         logger.info("%s split: left out %d images that the split file marks as truncated or not decodable", name, marked)
     if not entries:
         return None
+    missing = len(split.missing(entries))
     inputs, ids, labels = [], [], []
     failures: list[tuple[str, InputError]] = []
     for entry in entries:
@@ -159,7 +166,9 @@ def _score_split(split: Split, name: str, config: PreprocessConfig) -> _ScoredSp
         groups.setdefault(f"region:{entry.region}", []).append(image_id)
         if entry.hardware is not None:
             groups.setdefault(f"hardware:{'yes' if entry.hardware else 'no'}", []).append(image_id)
-    return _ScoredSplit(ids=ids, labels=np.array(labels, dtype=np.int64), inputs=np.stack(inputs), groups=groups)
+    return _ScoredSplit(
+        ids=ids, labels=np.array(labels, dtype=np.int64), inputs=np.stack(inputs), groups=groups, missing=missing
+    )
 
 
 def _report_failures(subset: str, failures: list, total: int, root: Path) -> None:
@@ -225,6 +234,36 @@ def retune_threshold(
     if best is None:
         return metrics.threshold_for_sensitivity(probabilities, labels, target_sensitivity)
     return best[0]
+
+
+def check_no_missing_images(split: Split, split_path: str | Path) -> None:
+    """Raise UsageError when image files of the validation or test split are missing from the data folder.
+
+    Drift measured on part of a split is not the figure the model card states
+    for that split, so convert stops unless --allow-missing-images is given.
+    The error names the folder the split file was written for.
+    """
+    counts = []
+    first_missing = None
+    for name in ("validation", "test"):
+        entries = split.subset(name, decodable_only=True)
+        missing = split.missing(entries)
+        if missing:
+            counts.append(f"{len(missing)} of {len(entries)} {name} images")
+            first_missing = first_missing or missing[0]
+    if not counts:
+        return
+    raise UsageError(
+        f"{' and '.join(counts)} of split file {split_path} are missing from {split.root} "
+        f"(first: {first_missing.relative_path}), so drift would be measured on part of the split; "
+        f"pass --calibration the folder the split file was written for ({_recorded_root(split_path)}), "
+        "or add --allow-missing-images to measure drift on the images present"
+    )
+
+
+def _recorded_root(split_path: str | Path) -> str:
+    """Return the data folder recorded in the split file (``read_split`` replaces it with --calibration)."""
+    return json.loads(Path(split_path).read_text(encoding="utf-8"))["root"]
 
 
 def check_model_output(model, model_path: Path) -> None:
@@ -300,6 +339,8 @@ def convert_keras_model(
     split = read_split(split_path, calibration_dir) if split_path else None
     if split is not None and record:
         check_training_record(split_path, split, record, model_path)
+    if split is not None and not options.allow_missing_images:
+        check_no_missing_images(split, split_path)
     if split is not None:
         representative = calibration.from_split(split, config, options.calibration_size, options.seed)
     else:
@@ -438,7 +479,10 @@ def _finish_variant(
             chosen_on="validation split" + (f" (split file sha256 {provenance['split_file_sha256'][:12]})" if split_path else ""),
             images=overall.images,
         )
-    evaluation = {f"drift_{k}": v.overall.to_dict() for k, v in reports.items()}
+    missing_images = {split_name: subset.missing for split_name, (subset, _) in scored.items()}
+    evaluation = {
+        f"drift_{k}": {**v.overall.to_dict(), "missing_images": missing_images[k]} for k, v in reports.items()
+    }
     card = dataclasses.replace(provisional, threshold=chosen, evaluation=evaluation)
     path = output_dir / f"{name}-{variant.value}.efm"
     digest = write_model_file(path, tflite, card)
@@ -458,4 +502,5 @@ def _finish_variant(
         test=reports.get("test"),
         post_calibration=post_calibration,
         relu6_scaling=relu6_scaling,
+        missing_images=missing_images,
     )

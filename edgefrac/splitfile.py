@@ -60,6 +60,10 @@ class Split:
         """
         return find_in_normal_forms(self.root, entry.relative_path)
 
+    def missing(self, entries: list[SplitEntry]) -> list[SplitEntry]:
+        """Return the entries whose file does not exist under the root (or cannot be checked, as for a locked folder)."""
+        return [entry for entry in entries if not os.path.exists(self.path_of(entry))]
+
     def ids_hash(self, entries: list[SplitEntry]) -> str:
         return ids_sha256(e.image_id for e in entries)
 

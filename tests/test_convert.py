@@ -409,20 +409,83 @@ def test_split_other_than_training_rejected(recorded_model, labelled_dataset, tm
     assert "pass the --split-file the model was trained with" in result.output
 
 
-def test_missing_validation_images_named(recorded_model, labelled_dataset, split_file, tmp_path):
+def _copy_without(labelled_dataset: Path, split_file: Path, target: Path, left_out: dict[str, int]) -> Path:
+    """Copy the split's images into ``target``, leaving out the first ``left_out[name]`` images of each split."""
     from converters.split import read_split
 
-    copy = tmp_path / "data"
+    skipped = dict.fromkeys(left_out, 0)
     for entry in read_split(split_file).entries:
-        if entry.split != "validation":
-            target = copy / entry.relative_path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes((labelled_dataset / entry.relative_path).read_bytes())
-    result = _convert_cli(recorded_model, "--calibration", copy, "--split-file", split_file,
-                          "--variant", "float32", "--output-dir", tmp_path / "out")
+        if skipped.get(entry.split, 0) < left_out.get(entry.split, 0):
+            skipped[entry.split] += 1
+            continue
+        destination = target / entry.relative_path
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.write_bytes((labelled_dataset / entry.relative_path).read_bytes())
+    return target
+
+
+def test_missing_validation_images_named(recorded_model, labelled_dataset, split_file, tmp_path):
+    copy = _copy_without(labelled_dataset, split_file, tmp_path / "data", {"validation": 12})
+    arguments = [recorded_model, "--calibration", copy, "--split-file", split_file, "--variant", "float32",
+                 "--output-dir", tmp_path / "out"]
+
+    result = _convert_cli(*arguments)
     assert result.exit_code == ExitCode.USAGE, result.output
-    assert "12 of 12 images could not be loaded" in result.output
-    assert "check that --calibration points at the dataset folder" in result.output
+    assert f"12 of 12 validation images of split file {split_file} are missing from {copy.resolve()}" in result.output
+    assert f"pass --calibration the folder the split file was written for ({labelled_dataset.resolve()})" in result.output
+    assert "or add --allow-missing-images" in result.output
+
+    allowed = _convert_cli(*arguments, "--allow-missing-images")
+    assert allowed.exit_code == ExitCode.USAGE, allowed.output
+    assert "12 of 12 images could not be loaded" in allowed.output
+    assert "check that --calibration points at the dataset folder" in allowed.output
+
+
+def test_some_missing_images_exit_2(recorded_model, labelled_dataset, split_file, tmp_path):
+    copy = _copy_without(labelled_dataset, split_file, tmp_path / "data", {"validation": 3, "test": 2})
+    output_dir = tmp_path / "out"
+    result = _convert_cli(recorded_model, "--calibration", copy, "--split-file", split_file, "--variant", "float32",
+                          "--output-dir", output_dir)
+
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert "3 of 12 validation images and 2 of 12 test images of split file" in result.output
+    assert "so drift would be measured on part of the split" in result.output
+    assert "Traceback" not in result.output
+    assert not output_dir.exists()
+
+
+def test_allow_missing_images_records_count(recorded_model, labelled_dataset, split_file, tmp_path):
+    from edgefrac.modelfile import load_model
+
+    copy = _copy_without(labelled_dataset, split_file, tmp_path / "data", {"validation": 3, "test": 2})
+    output_dir = tmp_path / "out"
+    result = _convert_cli(recorded_model, "--calibration", copy, "--split-file", split_file, "--variant", "float32",
+                          "--output-dir", output_dir, "--allow-missing-images", "--json")
+
+    assert result.exit_code == ExitCode.OK, result.output
+    assert "validation split: 3 of 12 images could not be loaded" in result.stderr
+    assert "test split: 2 of 12 images could not be loaded" in result.stderr
+    variant = json.loads(result.stdout)["results"][0]
+    assert variant["missing_images"] == {"validation": 3, "test": 2}
+    assert variant["validation"]["overall"]["images"] == 9
+    assert variant["test"]["overall"]["images"] == 10
+    evaluation = load_model(output_dir / "recorded-float32.efm").card.evaluation
+    assert evaluation["drift_validation"]["missing_images"] == 3
+    assert evaluation["drift_validation"]["images"] == 9
+    assert evaluation["drift_test"]["missing_images"] == 2
+
+
+def test_complete_split_records_no_missing(recorded_model, labelled_dataset, split_file, tmp_path):
+    from edgefrac.modelfile import load_model
+
+    result = _convert_cli(recorded_model, "--calibration", labelled_dataset, "--split-file", split_file,
+                          "--variant", "float32", "--output-dir", tmp_path, "--json")
+
+    assert result.exit_code == ExitCode.OK, result.output
+    assert json.loads(result.stdout)["results"][0]["missing_images"] == {"validation": 0, "test": 0}
+    evaluation = load_model(tmp_path / "recorded-float32.efm").card.evaluation
+    assert evaluation["drift_validation"]["missing_images"] == 0
+    assert evaluation["drift_test"]["missing_images"] == 0
 
 
 def test_calibration_logs_truncated_without_option_hint(labelled_split, caplog):

@@ -94,10 +94,14 @@ def _print_table(report) -> None:
                    "representative dataset's size (a warning is logged when it is capped). "
                    "Range tuning is skipped below 16 images, because a few images understate the ranges.")
 @click.option("--seed", default=0, show_default=True, help="Seed for drawing the representative dataset.")
+@click.option("--allow-missing-images", is_flag=True,
+              help="With --split-file, measure drift on the validation and test images found under --calibration "
+                   "when some are missing, instead of exiting with code 2. Each card and the report record how many "
+                   "images of each split were missing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the conversion report as JSON instead of a table.")
 def convert(model, calibration_dir, split_file, output_dir, name, variants, calibration_size, output_kind,
             target_sensitivity, threshold, scaling, resize, max_drift, weight_rounding, range_tuning, bias_correction,
-            correction_images, seed, as_json):
+            correction_images, seed, allow_missing_images, as_json):
     """Quantize a Keras MODEL into float32, float16 and full-integer int8 model files.
 
     The int8 model has int8 input and output, integer ops only and a batch of 1.
@@ -112,8 +116,8 @@ def convert(model, calibration_dir, split_file, output_dir, name, variants, cali
     training images the record names.
 
     Exit codes: 0 converted, 1 conversion failed, 2 invalid options (also a
-    model, training record or split file that does not fit), 4 --max-drift
-    exceeded.
+    model, training record or split file that does not fit, or validation or
+    test images missing from --calibration), 4 --max-drift exceeded.
     """
     from converters.convert import ConvertOptions, convert_keras_model
     from converters.post_calibration import PostCalibrationOptions
@@ -134,6 +138,7 @@ def convert(model, calibration_dir, split_file, output_dir, name, variants, cali
             weight_rounding=weight_rounding, range_tuning=range_tuning, bias_correction=bias_correction,
             images=correction_images,
         ),
+        allow_missing_images=allow_missing_images,
     )
     report = convert_keras_model(
         model, output_dir, split_path=split_file, calibration_dir=calibration_dir, options=options, name=name
