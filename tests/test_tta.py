@@ -160,3 +160,11 @@ def test_infer_rejects_unknown_option_value(tiny_int8_model, tmp_path):
     )
     assert result.exit_code == 2
     assert "'rotate' is not one of 'none', 'horizontal_flip'" in result.output
+
+
+def test_info_shows_the_default_model_views():
+    from edgefrac.cli import main
+
+    result = CliRunner().invoke(main, ["info", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["model"]["test_time_augmentation"] == "horizontal_flip"

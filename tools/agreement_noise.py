@@ -3,7 +3,8 @@
 Decision agreement between a Keras model and its int8 conversion depends on the
 size of the int8 error and on how many images score near the threshold. This
 script separates the two. It scores the validation and test splits with the
-Keras model, then, for each standard deviation given, adds Gaussian noise of
+Keras model (in the views of the test-time augmentation its training record
+names), then, for each standard deviation given, adds Gaussian noise of
 that size to every logit (optionally rounded to an int8 output step) many
 times. Each time it re-tunes the noisy model's threshold on validation the way
 ``edgefrac convert`` does and counts agreement on both splits. Each row's noise
@@ -29,6 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from converters.convert import retune_threshold  # noqa: E402
+from converters.scoring import keras_probabilities, record_augmentation  # noqa: E402
 from converters.tf import keras  # noqa: E402
 from converters.training import read_model_record  # noqa: E402
 from edgefrac.classifier import sigmoid  # noqa: E402
@@ -39,8 +41,8 @@ from edgefrac.preprocessing import PreprocessConfig  # noqa: E402
 from edgefrac.splitfile import read_split  # noqa: E402
 
 
-def score(model, split, name: str, config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Return the Keras logits and labels of one split's decodable images."""
+def score(model, split, name: str, config: PreprocessConfig, augmentation) -> tuple[np.ndarray, np.ndarray]:
+    """Return the Keras logits, over the record's test-time augmentation views, and labels of one split's images."""
     entries = split.subset(name, decodable_only=True)
     if not entries:
         raise UsageError(
@@ -48,7 +50,7 @@ def score(model, split, name: str, config: PreprocessConfig) -> tuple[np.ndarray
             "make a split with more images or larger --fractions for those splits"
         )
     inputs = np.stack([load_input(split.path_of(entry), config) for entry in entries])
-    probabilities = model.predict(inputs, batch_size=32, verbose=0).reshape(-1)
+    probabilities = keras_probabilities(model, inputs, augmentation)
     return logit(probabilities), np.array([entry.label for entry in entries], dtype=np.int64)
 
 
@@ -121,17 +123,19 @@ def main() -> int:
     threshold = float(record["threshold"]["value"])
     target_sensitivity = float(record["threshold"].get("target_sensitivity", 0.90))
     try:
+        augmentation = record_augmentation(record, f"training record of {args.model}")
         split = read_split(args.split_file, args.data)
         model = keras.models.load_model(args.model, compile=False)
         keras_logits, labels = {}, {}
         for name in ("validation", "test"):
-            keras_logits[name], labels[name] = score(model, split, name, config)
+            keras_logits[name], labels[name] = score(model, split, name, config, augmentation)
     except UsageError as error:
         parser.error(str(error))
     except EdgefracError as error:
         parser.error(f"{error}; check that --data is the folder the split file was written for")
 
     print(f"model {args.model}, threshold {threshold:.4f}, target sensitivity {target_sensitivity:.2f}, "
+          f"test-time augmentation {augmentation.value}, "
           f"agreement target {args.target}, {args.draws} draws per sigma, output step {args.output_step}, "
           f"seed {args.seed}")
     print(f"{'sigma':>6} {'val mean':>9} {'test mean':>9} {'P(val)':>7} {'P(test)':>7} {'P(both)':>7}")

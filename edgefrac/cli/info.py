@@ -39,6 +39,7 @@ def info(model: Path | None, runtime_name: str | None, as_json: bool) -> None:
     """Show the TFLite interpreter in use, versions, and the model card.
 
     The card gives the decision threshold and what it was chosen for, the
+    test-time augmentation (the views each image is scored in), the
     preprocessing contract, the input and output quantization and the
     provenance. Exits with 1 when the interpreter or the model cannot be
     loaded, after printing everything else.
@@ -96,6 +97,7 @@ def _describe_model(path: Path, runtime) -> dict:
             "class_names": card_dict["class_names"],
             "output_kind": card_dict["output_kind"],
             "threshold": card_dict["threshold"],
+            "test_time_augmentation": card_dict["test_time_augmentation"],
             "preprocessing": card_dict["preprocessing"],
             "quantization": {"input": card_dict["input"], "output": card_dict["output"]},
             "provenance": card_dict["provenance"],
