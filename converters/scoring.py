@@ -1,4 +1,4 @@
-"""Score images with a Keras model the way its training record says the device scores them.
+"""Score images with a Keras model in the views its training record names, as the device scores them.
 
 A training record may name a test-time augmentation (``edgefrac.tta``). The
 threshold, the drift measurement and evaluation then use the mean logit over

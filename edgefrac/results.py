@@ -276,8 +276,8 @@ class CsvResults:
             if row[9] and self.preprocessing and row[9] != self.preprocessing:
                 raise UsageError(
                     f"--csv {self.path} contains rows scored with preprocessing {row[9]!r}, but this run uses "
-                    f"{self.preprocessing!r}; pass a new --csv path or the same --scaling, --resize and "
-                    "--output-kind as the earlier run"
+                    f"{self.preprocessing!r}; pass a new --csv path or the same --scaling, --resize, "
+                    "--output-kind and --test-time-augmentation as the earlier run"
                 )
 
     def _rewrite(self, rows: list[list[str]]) -> None:

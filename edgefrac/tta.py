@@ -22,7 +22,7 @@ from edgefrac.drift import logit
 
 
 class TestTimeAugmentation(str, enum.Enum):
-    """Which views of an image a model scores before its logits are averaged."""
+    """The set of views of an image that a model scores before its logits are averaged."""
 
     NONE = "none"
     HORIZONTAL_FLIP = "horizontal_flip"

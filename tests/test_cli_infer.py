@@ -209,16 +209,18 @@ def test_threshold_flag_sets_labels(tiny_int8_model, sample_images):
 
 def test_exported_default_matches_efm(sample_images, tmp_path):
     plain = tmp_path / "default.tflite"
-    assert invoke("export", default_model_path(), plain).exit_code == ExitCode.OK
+    exported = invoke("export", default_model_path(), plain)
+    assert exported.exit_code == ExitCode.OK
     card = load_model(default_model_path()).card
+    printed = exported.stderr.split("score it as the card does with: ")[1].split()
+    assert printed == [
+        "--scaling", card.preprocessing.scaling.value, "--resize", card.preprocessing.resize.value,
+        "--output-kind", "logit", "--test-time-augmentation", "horizontal_flip",
+        "--threshold", repr(card.threshold.value),
+    ]
     from_efm = invoke("infer", sample_images, "--model", default_model_path(), "--json")
-    from_tflite = invoke(
-        "infer", sample_images, "--model", plain, "--json",
-        "--threshold", repr(card.threshold.value), "--scaling", card.preprocessing.scaling.value,
-        "--resize", card.preprocessing.resize.value,
-    )
+    from_tflite = invoke("infer", sample_images, "--model", plain, "--json", *printed)
     assert from_tflite.exit_code == ExitCode.OK, from_tflite.output
-    assert "logit output (inferred from the int8 output range" in from_tflite.stderr
     expected = [(entry["probability"], entry["label"]) for entry in json.loads(from_efm.stdout)["results"]]
     actual = [(entry["probability"], entry["label"]) for entry in json.loads(from_tflite.stdout)["results"]]
     assert actual == expected

@@ -62,12 +62,16 @@ def test_combine_averages_logits():
     assert combined[0] != pytest.approx(0.4, abs=1e-3)
 
 
-def test_combine_keeps_one_view_exact_and_saturated_views_finite():
+def test_combine_one_view_exact():
     single = np.array([0.123456789, 1.0, 0.0])
     np.testing.assert_array_equal(combine_probabilities([single]), single)
+
+
+def test_combine_saturated_views_finite():
     combined = combine_probabilities([np.array([1.0, 0.0]), np.array([1.0, 0.3])])
     assert np.all(np.isfinite(combined))
-    assert combined[0] > 0.999999 and combined[1] < 0.01
+    assert combined[0] > 0.999999
+    assert combined[1] < 0.01
 
 
 def test_parse_names_valid_choices():
@@ -168,3 +172,28 @@ def test_info_shows_the_default_model_views():
     result = CliRunner().invoke(main, ["info", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["model"]["test_time_augmentation"] == "horizontal_flip"
+
+
+def test_csv_records_views_and_rejects_other_views(tiny_int8_model, tmp_path):
+    import csv
+
+    from PIL import Image
+
+    from edgefrac.cli import main
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    Image.fromarray((_asymmetric_input() * 255).astype(np.uint8)).save(folder / "scan.png")
+    flipped = _with_augmentation(tiny_int8_model, tmp_path, FLIP)
+    table = tmp_path / "results.csv"
+
+    first = CliRunner().invoke(main, ["infer", "--model", str(flipped), "--csv", str(table), str(folder)])
+    assert first.exit_code == 0, first.output
+    with table.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows[0]["preprocessing"] == "32x32 RGB bilinear 0_1 logit horizontal_flip"
+
+    arguments = ["infer", "--model", str(flipped), "--csv", str(table), "--test-time-augmentation", "none"]
+    second = CliRunner().invoke(main, [*arguments, str(folder)])
+    assert second.exit_code == 2
+    assert "32x32 RGB bilinear 0_1 logit'; pass a new --csv path" in second.output

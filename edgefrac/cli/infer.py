@@ -25,6 +25,7 @@ from edgefrac.exitcodes import ExitCode
 from edgefrac.images import DEFAULT_MAX_PIXELS, display_path
 from edgefrac.results import AuditLog, CsvResults, json_document
 from edgefrac.runtime import resolve_runtime
+from edgefrac.tta import TestTimeAugmentation
 
 RUNTIME_CHOICES = ("litert", "tflite_runtime", "tensorflow")
 
@@ -277,12 +278,18 @@ def _infer(
 
 
 def preprocessing_label(classifier: FractureClassifier) -> str:
-    """Describe the input size, channel order, resize, scaling and output kind the classifier runs with."""
+    """Describe the input size, channel order, resize, scaling, output kind and views the classifier runs with.
+
+    The views are named only when there are more than one, so a one-view label
+    reads as it did before test-time augmentation existed.
+    """
     config = classifier.preprocessing
-    return (
+    label = (
         f"{config.width}x{config.height} {config.channel_order} {config.resize.value} {config.scaling.value} "
         f"{classifier.card.output_kind.value}"
     )
+    augmentation = classifier.card.test_time_augmentation
+    return label if augmentation is TestTimeAugmentation.NONE else f"{label} {augmentation.value}"
 
 
 class _InterruptFlag:
