@@ -6,9 +6,10 @@
 
 Every variant scores the same image subset: ``--images`` files evenly spaced
 over the test split of ``--split`` (files that decode fully), or over the
-whole folder when there is no split file. Needs the ``convert`` extra,
-``benchmarks/requirements-onnx.txt`` and, for the tflite-runtime variant,
-``benchmarks/setup_tflite_runtime.sh``.
+whole folder when there is no split file. Each file is scored in the views
+of the test-time augmentation that the model's training record names.
+Needs the ``convert`` extra, ``benchmarks/requirements-onnx.txt`` and, for
+the tflite-runtime variant, ``benchmarks/setup_tflite_runtime.sh``.
 """
 
 from __future__ import annotations
@@ -119,6 +120,8 @@ def measure_model(name, architecture, keras_path: Path, int8_path: Path | None, 
         "preprocessing": model_files.preprocessing.to_dict(),
         "threshold": model_files.threshold,
         "int8_threshold": model_files.int8_threshold,
+        "test_time_augmentation": model_files.augmentation.value,
+        "views": model_files.augmentation.view_count,
         "macs": sum(macs_by_layer.values()),
         "macs_by_layer": macs_by_layer,
         "variants": {},

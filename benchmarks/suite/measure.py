@@ -39,6 +39,7 @@ def run_worker(variant: str, model: ModelFiles, threads: int, runs: int, warmup:
         python, "-m", "suite.worker", "--variant", variant, "--model", str(model.files[variant]),
         "--preprocessing", json.dumps(model.preprocessing.to_dict()), "--threads", str(threads),
         "--runs", str(runs), "--warmup", str(warmup), "--output", str(output),
+        "--test-time-augmentation", model.augmentation.value,
     ]
     if images_file is not None:
         command += ["--images", str(images_file)]
@@ -52,14 +53,17 @@ def run_worker(variant: str, model: ModelFiles, threads: int, runs: int, warmup:
 
 
 def one_image_command(variant: str, model: ModelFiles, image: Path) -> tuple[list[str], dict[str, str]]:
-    """Return the one-image command of a variant: ``edgefrac infer`` for TFLite, a small script otherwise."""
+    """Return the one-image command of a variant: ``edgefrac infer`` for TFLite, a small script otherwise.
+
+    Both score the image in the model's views, and ``edgefrac infer`` reads them from the card.
+    """
     python, environment = variant_python(variant)
     if variant in names.TFLITE_VARIANTS:
         return [python, "-c", EDGEFRAC_CLI, "infer", "--model", str(model.files[variant]), str(image)], environment
     return [
         python, str(BENCHMARKS / "suite" / "one_image.py"), "--variant", variant,
         "--model", str(model.files[variant]), "--preprocessing", json.dumps(model.preprocessing.to_dict()),
-        str(image),
+        "--test-time-augmentation", model.augmentation.value, str(image),
     ], environment
 
 

@@ -14,14 +14,18 @@ def main() -> None:
     parser.add_argument("--variant", required=True)
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--preprocessing", required=True, help="PreprocessConfig as JSON")
+    parser.add_argument("--test-time-augmentation", choices=["none", "horizontal_flip"], default="none",
+                        help="Views the image is scored in")
     parser.add_argument("image", type=Path)
     arguments = parser.parse_args()
 
     from edgefrac.preprocessing import PreprocessConfig
+    from edgefrac.tta import TestTimeAugmentation
     from suite.variants import make_variant
 
     config = PreprocessConfig.from_dict(json.loads(arguments.preprocessing))
-    variant = make_variant(arguments.variant, arguments.model, config, len(os.sched_getaffinity(0)))
+    augmentation = TestTimeAugmentation(arguments.test_time_augmentation)
+    variant = make_variant(arguments.variant, arguments.model, config, len(os.sched_getaffinity(0)), augmentation)
     print(f"{arguments.image}\t{variant.score_file(arguments.image):.4f}")
 
 

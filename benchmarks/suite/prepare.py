@@ -5,6 +5,9 @@ is the shipped ``.efm`` when one is given, else a conversion calibrated on
 the calibration images. ONNX models come from tf2onnx (opset 17), and the
 int8 one from ONNX Runtime's static QDQ quantization (int8 weights per
 channel, int8 activations) calibrated on the same calibration images.
+
+Every variant scores files in the views of the test-time augmentation that
+the training record names, and a shipped int8 card must name the same one.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 from edgefrac.card import DecisionThreshold, OutputKind
 from edgefrac.images import load_input
 from edgefrac.preprocessing import PreprocessConfig
+from edgefrac.tta import TestTimeAugmentation
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +32,7 @@ ONNX_OPSET = 17
 
 @dataclasses.dataclass(frozen=True)
 class ModelFiles:
-    """The model files of one architecture, keyed by variant name, and the decision threshold."""
+    """The model files of one architecture, keyed by variant name, the decision threshold and the views."""
 
     name: str
     keras: Path
@@ -36,6 +40,7 @@ class ModelFiles:
     threshold: float
     int8_threshold: float
     files: dict[str, Path]
+    augmentation: TestTimeAugmentation = TestTimeAugmentation.NONE
 
 
 def training_record(keras_path: Path) -> dict:
@@ -58,6 +63,7 @@ def prepare_model(
 ) -> ModelFiles:
     """Convert ``keras_path`` into every variant's file under ``work/name``, reusing files already there."""
     from converters.cards import card_for_model
+    from converters.scoring import record_augmentation
     from converters.tf import keras
     from converters.tflite import convert
     from edgefrac.modelfile import load_model, write_model_file
@@ -67,6 +73,7 @@ def prepare_model(
     record = training_record(keras_path)
     config = PreprocessConfig.from_dict(record["preprocessing"]) if "preprocessing" in record else default_config
     threshold = float(record.get("threshold", {}).get("value", 0.5))
+    augmentation = record_augmentation(record, f"training record of {keras_path}")
     model = keras.models.load_model(keras_path, compile=False)
     inputs = None
 
@@ -87,12 +94,14 @@ def prepare_model(
                 tflite, name=f"{name}-{variant}", architecture=name, preprocessing=config, output_kind=output_kind,
                 threshold=DecisionThreshold(threshold, chosen_on="training record threshold"),
                 provenance={"calibration_images": len(calibration) if variant == "int8" else 0},
+                test_time_augmentation=augmentation,
             )
             write_model_file(path, tflite, card)
         files[f"tflite-{variant}"] = path
     files["tflite-runtime-int8"] = files["tflite-int8"]
     int8_card = load_model(files["tflite-int8"]).card
     int8_threshold = int8_card.threshold.value if int8_card else threshold
+    _check_int8_augmentation(files["tflite-int8"], int8_card, augmentation)
 
     onnx_float = folder / f"{name}-float32.onnx"
     onnx_int8 = folder / f"{name}-int8.onnx"
@@ -104,15 +113,35 @@ def prepare_model(
         _quantize_onnx(onnx_float, onnx_int8, inputs, folder)
     files["onnx-float32"] = onnx_float
     files["onnx-int8"] = onnx_int8
-    return ModelFiles(name, keras_path, config, threshold, int8_threshold, files)
+    return ModelFiles(name, keras_path, config, threshold, int8_threshold, files, augmentation)
+
+
+def _check_int8_augmentation(path: Path, card, augmentation: TestTimeAugmentation) -> None:
+    """Raise ValueError when the int8 file's card names other views than the training record."""
+    card_augmentation = card.test_time_augmentation if card else TestTimeAugmentation.NONE
+    if card_augmentation is augmentation:
+        return
+    source = "the int8 model card names" if card else "the int8 file has no model card, so it scores with"
+    raise ValueError(
+        f"{path}: {source} test-time augmentation {card_augmentation.value!r} but the training record names "
+        f"{augmentation.value!r}; pass the int8 file converted from this record, or omit the int8 option so the "
+        "suite converts one"
+    )
 
 
 def _clear_if_stale(folder: Path, keras_path: Path) -> None:
-    """Delete converted files made from another version of the Keras model (compared by SHA-256)."""
+    """Delete converted files made from another version of the Keras model or its training record.
+
+    The cards of the converted TFLite files carry the record's threshold and
+    test-time augmentation, so the record's SHA-256 is part of the comparison.
+    """
     from edgefrac.dataset import file_sha256
 
     marker = folder / "source.sha256"
+    record_path = keras_path.with_suffix(".json")
     digest = file_sha256(keras_path)
+    if record_path.is_file():
+        digest += " " + file_sha256(record_path)
     if marker.is_file() and marker.read_text().strip() == digest:
         return
     if folder.exists():

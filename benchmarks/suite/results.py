@@ -74,7 +74,8 @@ def _end_to_end_rss(result: dict) -> float | None:
 
 
 def _variant_rows(name: str, model: dict, threads_list: list[str]) -> list[str]:
-    header = ["variant", *[f"invoke ms, {t} thr (p50 / p90)" for t in threads_list], "end-to-end img/s",
+    invoke_headers = [f"invoke ms, one view, {t} thr: mean (p50 / p90)" for t in threads_list]
+    header = ["variant", *invoke_headers, "end-to-end img/s",
               "cold start s", "peak RSS MB (cold start)", "peak RSS MB (end-to-end)", "file MB", "AUC", "sensitivity", "specificity"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for variant, result in model["variants"].items():
@@ -104,7 +105,8 @@ def _variant_rows(name: str, model: dict, threads_list: list[str]) -> list[str]:
 def _profile_lines(report: dict) -> list[str]:
     lines = ["## Where the time goes", "",
              "End-to-end seconds per stage over the subset, at the highest thread count:", ""]
-    lines += ["| model | variant | decode and resize | preprocess | invoke | total |", "|---|---|---|---|---|---|"]
+    lines += ["| model | variant | decode and resize | preprocess | invoke, every view | total |",
+              "|---|---|---|---|---|---|"]
     for name, model in report["models"].items():
         for variant, result in model["variants"].items():
             stages = result.get("end_to_end", {}).get("stage_seconds")
@@ -122,6 +124,21 @@ def _profile_lines(report: dict) -> list[str]:
     lines += ["", "Fixed start-up cost of a new process (median seconds, page cache warm):", ""]
     lines += [f"- {step}: {seconds:.2f} s" for step, seconds in report["startup_profile"].items()]
     return lines
+
+
+def _model_summary(model: dict) -> str:
+    """Return the sentences under a model's heading: input, work per invocation, thresholds and views."""
+    views = model.get("views", 1)
+    augmentation = model.get("test_time_augmentation", "none")
+    if views > 1:
+        view_sentence = (f"Test-time augmentation {augmentation}: the accuracy, end-to-end and cold-start figures "
+                         f"score each image in {views} views ({views} invocations) and average their logits. "
+                         "Invoke figures are one invocation.")
+    else:
+        view_sentence = f"Test-time augmentation {augmentation}: each image is scored in one view (one invocation)."
+    return (f"Keras model `{model['keras']}`, input {model['preprocessing']['height']}x"
+            f"{model['preprocessing']['width']}, {model['macs'] / 1e6:.1f} M multiply-accumulates per invocation; "
+            f"threshold {model['threshold']:.4f} (int8 model: {model['int8_threshold']:.4f}). {view_sentence}")
 
 
 def render_markdown(report: dict) -> str:
@@ -142,7 +159,9 @@ def render_markdown(report: dict) -> str:
         f"{environment['runtime_version']}, numpy {environment['numpy_version']}, Python {environment['python_version']}",
         f"- Images: {report['selection']}",
         f"- Invoke: {report['settings']['warmup']} warm-up and {report['settings']['runs']} measured runs on a fixed "
-        "random input, each variant and thread count in a fresh process. Cold start: median of "
+        "random input, one invocation (one view) per run, each variant and thread count in a fresh process. "
+        "End-to-end figures, accuracy and cold starts score each image in every view the model's training record "
+        "names. Cold start: median of "
         f"{report['settings']['cold_start_repeats']} runs of a one-image command (process start to printed result) "
         "after one untimed run that warms the page cache; `edgefrac infer` for the TFLite variants.",
         "",
@@ -155,12 +174,11 @@ def render_markdown(report: dict) -> str:
         result = {True: "met", False: "**missed**", None: "not measured"}[target["met"]]
         lines.append(f"| {target['target']} | {target['model']} | {_format(target['value'])} {target['unit']} | "
                      f"{target['comparison']} {target['limit']} {target['unit']} | {result} |")
+    lines += ["", "Invoke ratios compare one invocation (one view). Images per second and cold starts include "
+                  "every view of the model, both for `edgefrac infer` and for the study pipeline "
+                  "(the original study scored one view)."]
     for name, model in report["models"].items():
-        macs = model["macs"]
-        lines += ["", f"## {name}", "",
-                  f"Keras model `{model['keras']}`, input {model['preprocessing']['height']}x"
-                  f"{model['preprocessing']['width']}, {macs / 1e6:.1f} M multiply-accumulates per image; "
-                  f"threshold {model['threshold']:.4f} (int8 model: {model['int8_threshold']:.4f}).", ""]
+        lines += ["", f"## {name}", "", _model_summary(model), ""]
         lines += _variant_rows(name, model, threads_list)
         infer = model.get("infer_folder", {})
         if "images_per_second" in infer:
@@ -174,7 +192,7 @@ def render_markdown(report: dict) -> str:
         for threads in threads_list:
             mean = _mean_ms(model, names.TFLITE_INT8, threads)
             if mean:
-                achieved = macs / (mean / 1000.0)
+                achieved = model["macs"] / (mean / 1000.0)
                 usable_peak = per_core_peak * min(int(threads), environment["cpu_cores"])
                 lines.append(f"- {threads} thread(s): {achieved / 1e9:.1f} GMAC/s, "
                              f"{achieved / usable_peak:.1%} of {usable_peak / 1e9:.0f} GMAC/s")

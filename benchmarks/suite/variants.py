@@ -1,7 +1,9 @@
 """The inference pipelines the suite compares, each behind one small interface.
 
 Every variant loads a model for a thread count, runs one preprocessed input
-(``invoke``) and scores one file from disk (``score_file``). Heavy imports
+once (``invoke``) and scores one file from disk (``score_file``). A file is
+scored in each view of the model's test-time augmentation (``edgefrac.tta``),
+so a model with ``horizontal_flip`` costs two invocations per file. Heavy imports
 (TensorFlow, ONNX Runtime) happen inside ``load``, so the worker process of
 a TFLite variant never imports TensorFlow and its peak RSS is its own.
 """
@@ -15,6 +17,7 @@ import numpy as np
 
 from edgefrac.images import load_pixels
 from edgefrac.preprocessing import PreprocessConfig, to_model_input
+from edgefrac.tta import TestTimeAugmentation, combine_probabilities, views
 
 KERAS_STUDY = "keras-study"
 KERAS_TF_FUNCTION = "keras-tf-function"
@@ -33,7 +36,7 @@ TFLITE_VARIANTS = (TFLITE_FLOAT32, TFLITE_FLOAT16, TFLITE_INT8, TFLITE_RUNTIME_I
 
 
 class StageTimer:
-    """Seconds spent per stage (decode, preprocess, invoke) over all ``score_file`` calls."""
+    """Seconds spent per stage (decode, preprocess, invoke of every view) over all ``score_file`` calls."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
@@ -47,15 +50,27 @@ class StageTimer:
 class Variant:
     """Base class: decode with edgefrac's decoder, subclasses supply ``invoke``."""
 
-    def __init__(self, model_path: Path, config: PreprocessConfig, threads: int):
+    def __init__(
+        self,
+        model_path: Path,
+        config: PreprocessConfig,
+        threads: int,
+        augmentation: TestTimeAugmentation = TestTimeAugmentation.NONE,
+    ):
         self.model_path = Path(model_path)
         self.config = config
         self.threads = threads
+        self.augmentation = augmentation
         self.stages = StageTimer()
 
     def invoke(self, model_input: np.ndarray) -> float:
-        """Run one float32 ``(H, W, C)`` input and return the fracture probability."""
+        """Run one float32 ``(H, W, C)`` input once and return the fracture probability."""
         raise NotImplementedError
+
+    def score_input(self, model_input: np.ndarray) -> float:
+        """Invoke once per view of ``model_input`` and return the probability of the mean logit."""
+        per_view = [self.invoke(view) for view in views(model_input, self.augmentation)]
+        return float(combine_probabilities(per_view))
 
     def score_file(self, path: Path) -> float:
         started = time.perf_counter()
@@ -63,7 +78,7 @@ class Variant:
         started = self.stages.add("decode and resize", started)
         model_input = to_model_input(pixels, self.config)
         started = self.stages.add("preprocess", started)
-        probability = self.invoke(model_input)
+        probability = self.score_input(model_input)
         self.stages.add("invoke", started)
         return probability
 
@@ -73,10 +88,12 @@ class KerasStudyVariant(Variant):
 
     ``load_img`` resizes with its default nearest-neighbour filter, as the
     study did, so its accuracy can differ a little from the other variants.
+    The study scored one view per image. This variant scores every view of
+    ``augmentation``, so that its accuracy is comparable with the other variants.
     """
 
-    def __init__(self, model_path, config, threads):
-        super().__init__(model_path, config, threads)
+    def __init__(self, model_path, config, threads, augmentation=TestTimeAugmentation.NONE):
+        super().__init__(model_path, config, threads, augmentation)
         from converters.tf import keras, tf
 
         tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -95,7 +112,7 @@ class KerasStudyVariant(Variant):
         started = self.stages.add("decode and resize", started)
         model_input = self.config.scaling.apply(pixels)
         started = self.stages.add("preprocess", started)
-        probability = self.invoke(model_input)
+        probability = self.score_input(model_input)
         self.stages.add("invoke", started)
         return probability
 
@@ -103,8 +120,8 @@ class KerasStudyVariant(Variant):
 class KerasFunctionVariant(Variant):
     """Keras ``model(x)`` traced once into a ``tf.function``, fed by edgefrac's decoder."""
 
-    def __init__(self, model_path, config, threads):
-        super().__init__(model_path, config, threads)
+    def __init__(self, model_path, config, threads, augmentation=TestTimeAugmentation.NONE):
+        super().__init__(model_path, config, threads, augmentation)
         from converters.tf import keras, tf
 
         tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -119,24 +136,38 @@ class KerasFunctionVariant(Variant):
 
 
 class TFLiteVariant(Variant):
-    """A TFLite model run by edgefrac's classifier (LiteRT, or the runtime EDGEFRAC_RUNTIME names)."""
+    """A TFLite model run by edgefrac's classifier (LiteRT, or the runtime EDGEFRAC_RUNTIME names).
 
-    def __init__(self, model_path, config, threads):
-        super().__init__(model_path, config, threads)
+    Files are scored with ``predict_input``, as ``edgefrac infer`` scores them,
+    so the views are the ones the model card names.
+    """
+
+    def __init__(self, model_path, config, threads, augmentation=TestTimeAugmentation.NONE):
+        super().__init__(model_path, config, threads, augmentation)
         from edgefrac.classifier import FractureClassifier
 
         self.classifier = FractureClassifier.from_path(self.model_path, threads=threads)
         self.config = self.classifier.preprocessing
+        card_augmentation = self.classifier.card.test_time_augmentation
+        if card_augmentation is not augmentation:
+            raise ValueError(
+                f"{self.model_path}: the model card names test-time augmentation {card_augmentation.value!r} "
+                f"but the requested one is {augmentation.value!r} (the suite passes the training record's); "
+                "convert the model again from this record, or delete benchmarks/.work so the suite converts it again"
+            )
 
     def invoke(self, model_input):
         return self.classifier.to_probability(self.classifier.invoke(model_input))
+
+    def score_input(self, model_input):
+        return self.classifier.predict_input(model_input).probability
 
 
 class OnnxVariant(Variant):
     """An ONNX model run by ONNX Runtime's CPU execution provider."""
 
-    def __init__(self, model_path, config, threads):
-        super().__init__(model_path, config, threads)
+    def __init__(self, model_path, config, threads, augmentation=TestTimeAugmentation.NONE):
+        super().__init__(model_path, config, threads, augmentation)
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -152,14 +183,20 @@ class OnnxVariant(Variant):
         return float(np.asarray(output).reshape(-1)[0])
 
 
-def make_variant(name: str, model_path: Path, config: PreprocessConfig, threads: int) -> Variant:
-    """Load ``name``'s model for ``threads`` threads."""
+def make_variant(
+    name: str,
+    model_path: Path,
+    config: PreprocessConfig,
+    threads: int,
+    augmentation: TestTimeAugmentation = TestTimeAugmentation.NONE,
+) -> Variant:
+    """Load ``name``'s model for ``threads`` threads, scoring files in the views of ``augmentation``."""
     if name == KERAS_STUDY:
-        return KerasStudyVariant(model_path, config, threads)
+        return KerasStudyVariant(model_path, config, threads, augmentation)
     if name == KERAS_TF_FUNCTION:
-        return KerasFunctionVariant(model_path, config, threads)
+        return KerasFunctionVariant(model_path, config, threads, augmentation)
     if name in TFLITE_VARIANTS:
-        return TFLiteVariant(model_path, config, threads)
+        return TFLiteVariant(model_path, config, threads, augmentation)
     if name in (ONNX_FLOAT32, ONNX_INT8):
-        return OnnxVariant(model_path, config, threads)
+        return OnnxVariant(model_path, config, threads, augmentation)
     raise ValueError(f"unknown variant {name!r}: expected one of {', '.join(ALL_VARIANTS)}")

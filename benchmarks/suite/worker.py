@@ -20,6 +20,7 @@ from edgefrac.bench.latency import peak_rss_bytes
 from edgefrac.bench.stats import latency_stats
 from edgefrac.errors import InputError
 from edgefrac.preprocessing import PreprocessConfig
+from edgefrac.tta import TestTimeAugmentation
 
 INPUT_SEED = 20240601
 
@@ -30,6 +31,9 @@ def _arguments(argv):
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--preprocessing", required=True, help="PreprocessConfig as JSON")
     parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--test-time-augmentation", choices=[member.value for member in TestTimeAugmentation],
+                        default=TestTimeAugmentation.NONE.value,
+                        help="Views each file of --images is scored in; the invoke runs use one view")
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--images", type=Path, help="JSON list of [image_id, path] to score end to end")
@@ -43,7 +47,8 @@ def main(argv=None) -> int:
 
     config = PreprocessConfig.from_dict(json.loads(arguments.preprocessing))
     started = time.perf_counter()
-    variant = make_variant(arguments.variant, arguments.model, config, arguments.threads)
+    variant = make_variant(arguments.variant, arguments.model, config, arguments.threads,
+                           TestTimeAugmentation(arguments.test_time_augmentation))
     load_seconds = time.perf_counter() - started
 
     low, high = variant.config.scaling.bounds
