@@ -73,11 +73,26 @@ def model_record_path(model_path: str | Path) -> Path:
 
 
 def read_model_record(model_path: str | Path) -> dict | None:
-    """Read the training record beside a Keras model, or return None when there is none."""
+    """Read the training record beside a Keras model, or return None when there is none.
+
+    Raises:
+        UsageError: the record is not a JSON object.
+    """
     path = model_record_path(model_path)
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise UsageError(
+            f"training record {path} is not valid JSON ({error}); restore the .json that `edgefrac train` wrote"
+        ) from None
+    if not isinstance(record, dict):
+        raise UsageError(
+            f"training record {path} holds a JSON {type(record).__name__}, not an object; restore the .json that "
+            "`edgefrac train` wrote"
+        )
+    return record
 
 
 class _EpochLog(keras.callbacks.Callback):
@@ -267,7 +282,7 @@ def describe_initial_model(path: str | Path) -> dict:
     description = {"file": path.name, "sha256": file_sha256(path)}
     try:
         record = read_model_record(path)
-    except (ValueError, OSError) as error:
+    except (UsageError, OSError) as error:
         logger.warning("training record of %s not readable, so the record names the file only: %s", path, error)
         record = None
     if isinstance(record, dict):

@@ -49,7 +49,8 @@ def _row(group: GroupMetrics) -> tuple[str, ...]:
 def _summary_lines(report: EvaluationReport) -> list[str]:
     split = report.split
     lines = [
-        f"Model: {report.model.get('path')} ({report.model.get('kind')})",
+        f"Model: {report.model.get('path')} ({report.model.get('kind')}, test-time augmentation "
+        f"{report.model.get('test_time_augmentation', 'none')})",
         f"Split: {split.get('name')} of {split.get('file')}: {split.get('scored')} images scored, "
         f"{split.get('failed')} could not be read or decoded",
         f"Threshold: {report.threshold:.4f} ({report.threshold_source})",

@@ -1,8 +1,11 @@
 """Test-time augmentation: score an image in more than one view and average the logits.
 
 A model card (or a training record) names its test-time augmentation. With
-``horizontal_flip`` the model scores the image and its left-right mirror image,
-and the decision uses the mean of the two logits. Both views pass through the
+``horizontal_flip`` the model scores the model input (the image after resizing
+and scaling) and that input mirrored left to right, and the decision uses the
+mean of the two logits. Because the mirror is taken after resizing, an image
+and its mirrored copy can score slightly differently when the resize filter
+treats the left and right edges differently. Both views pass through the
 same int8 model, so rounding errors that differ between the two partly cancel.
 The Keras reference and its threshold use the same views, so agreement between
 the two models compares like with like. A model file of this kind costs two
@@ -15,6 +18,7 @@ flips, and left and right limbs look alike.
 from __future__ import annotations
 
 import enum
+import json
 
 import numpy as np
 
@@ -34,11 +38,21 @@ class TestTimeAugmentation(str, enum.Enum):
             return cls(value)
         except ValueError:
             names = ", ".join(repr(member.value) for member in cls)
-            raise ValueError(f"test-time augmentation {value!r} is unknown; expected one of {names}") from None
+            raise ValueError(f"test-time augmentation {_shown(value)} is unknown; expected one of {names}") from None
 
     @property
     def view_count(self) -> int:
         return 2 if self is TestTimeAugmentation.HORIZONTAL_FLIP else 1
+
+
+def _shown(value) -> str:
+    """Show ``value`` as its JSON text (``null``, ``true``), where cards and records hold it; text keeps quotes."""
+    if isinstance(value, str):
+        return repr(value)
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def views(images: np.ndarray, augmentation: TestTimeAugmentation) -> list[np.ndarray]:

@@ -674,3 +674,83 @@ def test_train_records_test_time_augmentation(labelled_split, tmp_path):
     record = json.loads(model.with_suffix(".json").read_text())
     assert record["test_time_augmentation"] == "horizontal_flip"
     assert "test_time_augmentation" not in record["recipe"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda record: "not json", "is not valid JSON"),
+        (lambda record: [1, 2], "holds a JSON list, not an object"),
+        (lambda record: {**record, "threshold": {"target_sensitivity": 0.9}}, "threshold value null is not a probability"),
+        (lambda record: {**record, "previous_thresholds": "ab"}, 'previous_thresholds "ab" is not a list'),
+        (
+            lambda record: {**record, "threshold": {**record["threshold"], "target_sensitivity": "abc"}},
+            'target_sensitivity "abc" is not in (0, 1]',
+        ),
+    ],
+)
+def test_threshold_command_damaged_record(trained, tmp_path, edit, message):
+    model, split_file = _copy_trained(trained, tmp_path)
+    record_path = model.with_suffix(".json")
+    damaged = edit(json.loads(record_path.read_text()))
+    record_path.write_text(damaged if isinstance(damaged, str) else json.dumps(damaged))
+    before = record_path.read_text()
+
+    result = CliRunner().invoke(main, ["threshold", str(model), "--split-file", str(split_file)])
+
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert record_path.read_text() == before
+
+
+def test_threshold_option_repairs_unknown_views(trained, tmp_path):
+    model, split_file = _copy_trained(trained, tmp_path)
+    record_path = model.with_suffix(".json")
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps({**record, "test_time_augmentation": None}))
+
+    refused = CliRunner().invoke(main, ["threshold", str(model), "--split-file", str(split_file)])
+    assert refused.exit_code == 2
+    assert "test-time augmentation null is unknown" in refused.output
+
+    arguments = ["threshold", str(model), "--split-file", str(split_file), "--test-time-augmentation", "none"]
+    repaired = CliRunner().invoke(main, arguments)
+    assert repaired.exit_code == 0, repaired.output
+    rewritten = json.loads(record_path.read_text())
+    assert rewritten["test_time_augmentation"] == "none"
+    assert rewritten["previous_thresholds"][-1]["test_time_augmentation"] is None
+
+
+def test_threshold_unwritable_record_unchanged(trained, tmp_path):
+    model, split_file = _copy_trained(trained, tmp_path)
+    record_path = model.with_suffix(".json")
+    before = record_path.read_text()
+    # A folder where the temporary record would go makes the write fail, for root as for anyone.
+    (tmp_path / ".copy.json.tmp").mkdir()
+
+    result = CliRunner().invoke(main, ["threshold", str(model), "--split-file", str(split_file)])
+
+    assert result.exit_code == 1, result.output
+    assert f"cannot write training record {record_path}" in result.output
+    assert record_path.read_text() == before
+
+
+def test_threshold_input_size_mismatch(trained, tmp_path):
+    model, split_file = _copy_trained(trained, tmp_path)
+    record_path = model.with_suffix(".json")
+    record = json.loads(record_path.read_text())
+    record["preprocessing"] = {**record["preprocessing"], "height": 48, "width": 48}
+    record_path.write_text(json.dumps(record))
+
+    result = CliRunner().invoke(main, ["threshold", str(model), "--split-file", str(split_file)])
+
+    assert result.exit_code == 2, result.output
+    assert "is for 48x48 inputs" in result.output
+
+
+def test_threshold_missing_data_folder(trained, tmp_path):
+    model, split_file = _copy_trained(trained, tmp_path)
+    arguments = ["threshold", str(model), "--split-file", str(split_file), "--data", str(tmp_path / "absent")]
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 2
+    assert "does not exist" in result.output

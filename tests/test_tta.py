@@ -197,3 +197,41 @@ def test_csv_records_views_and_rejects_other_views(tiny_int8_model, tmp_path):
     second = CliRunner().invoke(main, [*arguments, str(folder)])
     assert second.exit_code == 2
     assert "32x32 RGB bilinear 0_1 logit'; pass a new --csv path" in second.output
+
+
+def test_cardless_reference_takes_candidate_views(tiny_int8_model, tiny_float_tflite, tmp_path):
+    from PIL import Image
+
+    from edgefrac.bench.accuracy import TFLiteReference
+
+    image = tmp_path / "scan.png"
+    Image.fromarray((_asymmetric_input() * 255).astype(np.uint8)).save(image)
+    candidate = FractureClassifier.from_path(_with_augmentation(tiny_int8_model, tmp_path, FLIP))
+    reference = TFLiteReference(tiny_float_tflite, candidate)
+    assert reference.classifier.card.test_time_augmentation is FLIP
+
+    plain = FractureClassifier.from_path(tiny_float_tflite)
+    model_input = _asymmetric_input()
+    mirrored = np.ascontiguousarray(model_input[:, ::-1, :])
+    expected = combine_probabilities([np.array([plain.invoke(model_input)]), np.array([plain.invoke(mirrored)])])[0]
+    assert reference.probability(image) == pytest.approx(expected, rel=1e-6)
+
+
+def test_reference_with_other_views_warns(tiny_int8_model, tmp_path, caplog):
+    from edgefrac.bench.accuracy import TFLiteReference
+
+    candidate = FractureClassifier.from_path(_with_augmentation(tiny_int8_model, tmp_path, FLIP))
+    with caplog.at_level(logging.WARNING, logger="edgefrac.bench.accuracy"):
+        TFLiteReference(tiny_int8_model, candidate)
+    assert "scored with test-time augmentation none, as its card says, but the candidate with horizontal_flip" in (
+        caplog.text
+    )
+
+
+def test_bench_report_names_views(tiny_int8_model, tmp_path):
+    from edgefrac.cli import main
+
+    flipped = _with_augmentation(tiny_int8_model, tmp_path, FLIP)
+    result = CliRunner().invoke(main, ["bench", str(flipped), "--runs", "2", "--warmup", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["model"]["test_time_augmentation"] == "horizontal_flip"

@@ -77,7 +77,7 @@ class TFLiteReference:
         model = load_model(self.path)
         overrides = Overrides(threshold=threshold)
         if model.card is None:
-            # The candidate's card is the preprocessing contract of the model both files came from.
+            # The candidate's card is the preprocessing contract (views included) of the model both files came from.
             # NOTE: a card-less reference is read as giving a probability; a logit output is not detected.
             config = candidate.preprocessing
             overrides = Overrides(
@@ -86,10 +86,18 @@ class TFLiteReference:
                 resize=config.resize,
                 scaling=config.scaling,
                 threshold=threshold if threshold is not None else candidate.threshold,
+                test_time_augmentation=candidate.card.test_time_augmentation,
             )
         self.classifier = FractureClassifier(
             model, threads=threads, overrides=overrides, allow_truncated=allow_truncated
         )
+        views = self.classifier.card.test_time_augmentation
+        if views is not candidate.card.test_time_augmentation:
+            logger.warning(
+                "%s is scored with test-time augmentation %s, as its card says, but the candidate with %s; "
+                "drift will include that difference",
+                self.path, views.value, candidate.card.test_time_augmentation.value,
+            )
         self.kind = f"tflite ({self.classifier.input_tensor.dtype} input)"
         self.threshold = self.classifier.threshold
         if threshold is not None:

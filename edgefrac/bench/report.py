@@ -125,7 +125,8 @@ def to_text(report: BenchmarkReport) -> str:
     model = report.model
     lines = [
         f"model: {model.path} ({model.name}), {model.file_bytes:,} bytes, "
-        f"{model.input_dtype} input, {model.output_dtype} output, threshold {model.threshold:.4f}",
+        f"{model.input_dtype} input, {model.output_dtype} output, threshold {model.threshold:.4f}, "
+        f"test-time augmentation {model.test_time_augmentation}",
         *environment_lines(report),
         f"peak RSS: {report.peak_rss_bytes / 2**20:.1f} MiB",
         "",
@@ -167,7 +168,9 @@ def write_markdown_report(report: BenchmarkReport, folder: str | Path) -> Path:
         f"# Benchmark of {model.name}",
         "",
         f"Model file `{model.path}`: {model.file_bytes:,} bytes, {model.input_dtype} input, "
-        f"{model.output_dtype} output, decision threshold {model.threshold:.4f}.",
+        f"{model.output_dtype} output, decision threshold {model.threshold:.4f}, test-time augmentation "
+        f"{model.test_time_augmentation} (end-to-end figures include every view; invoke-only latency is one "
+        "invocation).",
         "",
         *[f"- {line}" for line in environment_lines(report)],
         f"- peak RSS: {report.peak_rss_bytes / 2**20:.1f} MiB",

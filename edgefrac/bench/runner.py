@@ -64,6 +64,8 @@ class ModelSummary:
     input_dtype: str
     output_dtype: str
     threshold: float
+    test_time_augmentation: str = "none"
+    """Views scored per image end to end; invoke-only latency is per invocation (one view)."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -201,4 +203,5 @@ def _model_summary(path: Path, classifier: FractureClassifier) -> ModelSummary:
         input_dtype=classifier.input_tensor.dtype,
         output_dtype=classifier.output_tensor.dtype,
         threshold=classifier.threshold,
+        test_time_augmentation=classifier.card.test_time_augmentation.value,
     )

@@ -225,7 +225,8 @@ def check_epochs(architecture: str, epochs: int, finetune_epochs: int, finetune_
     default=TestTimeAugmentation.NONE.value,
     show_default=True,
     help="Views each image is scored in when the threshold is chosen and on the device: 'horizontal_flip' also "
-    "scores the mirror image and averages the two logits, at twice the inference time.",
+    "scores the mirror image and averages the two logits, at twice the inference time. Early stopping and "
+    "the best epoch still use one-view validation AUC.",
 )
 @click.option(
     "--initial-model", type=click.Path(dir_okay=False), default=None,

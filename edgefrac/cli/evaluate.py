@@ -58,6 +58,8 @@ def _score_model_file(model: Path, cases: list[Case], overrides: Overrides, spli
     source = "command line" if threshold is not None else "model card"
     if threshold is None and classifier.model.card is None:
         source = "default 0.5 of a model without a card"
+    elif threshold is None and classifier.card.threshold.chosen_on != classifier.model.card.threshold.chosen_on:
+        source = classifier.card.threshold.chosen_on
     info = {
         "path": str(model),
         "kind": "model file",
@@ -80,7 +82,13 @@ def _score_keras(model: Path, cases: list[Case], threshold: float | None, split_
     loaded = load_keras_model(model)
     # The record names the training images, so a split file from another training run is caught here.
     check_training_record(split_file, split, read_model_record(model), model)
-    info = {"path": str(model), "kind": "keras", "name": model.stem, "architecture": loaded.architecture}
+    info = {
+        "path": str(model),
+        "kind": "keras",
+        "name": model.stem,
+        "architecture": loaded.architecture,
+        "test_time_augmentation": loaded.test_time_augmentation.value,
+    }
     if threshold is None:
         return score_keras_cases(loaded, cases), loaded.threshold, "training record", info
     return score_keras_cases(loaded, cases), threshold, "command line", info
