@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import sys
@@ -21,6 +22,12 @@ from suite import measure, results  # noqa: E402
 from suite import variants as names  # noqa: E402
 from suite.macs import count_macs, int8_peak  # noqa: E402
 from suite.prepare import prepare_model  # noqa: E402
+
+ONNX_INSTALLED = all(importlib.util.find_spec(name) is not None for name in ("tf2onnx", "onnxruntime"))
+NEEDS_ONNX = pytest.mark.skipif(
+    not ONNX_INSTALLED,
+    reason="tf2onnx and onnxruntime are not installed: pip install -r benchmarks/requirements-onnx.txt",
+)
 
 
 def test_macs_tiny_model(tiny_keras_model):
@@ -155,7 +162,9 @@ def mirror_files(tmp_path_factory):
                    for index in range(4)]
     image = _half_bright_image(folder / "left.png", bright_left=True)
     work = folder / "work"
-    model_files = prepare_model("mirror", keras_path, None, calibration, work, default_config=MIRROR_CONFIG)
+    model_files = prepare_model(
+        "mirror", keras_path, None, calibration, work, default_config=MIRROR_CONFIG, onnx=ONNX_INSTALLED
+    )
     keras.backend.clear_session()
     return model_files, image, work
 
@@ -168,8 +177,13 @@ def test_prepare_reads_record_views(mirror_files):
         assert card.test_time_augmentation is tta.TestTimeAugmentation.HORIZONTAL_FLIP, variant
 
 
-IN_PROCESS_VARIANTS = (names.TFLITE_FLOAT32, names.TFLITE_FLOAT16, names.TFLITE_INT8, names.ONNX_FLOAT32,
-                       names.ONNX_INT8)
+IN_PROCESS_VARIANTS = (
+    names.TFLITE_FLOAT32,
+    names.TFLITE_FLOAT16,
+    names.TFLITE_INT8,
+    pytest.param(names.ONNX_FLOAT32, marks=NEEDS_ONNX),
+    pytest.param(names.ONNX_INT8, marks=NEEDS_ONNX),
+)
 """Variants that load in the test process. The Keras variants fix TensorFlow's thread count, so they run in a worker."""
 
 
@@ -195,6 +209,7 @@ def test_variant_scores_both_views(mirror_files, variant):
     assert set(loaded.stages.seconds) == {"decode and resize", "preprocess", "invoke"}
 
 
+@NEEDS_ONNX
 def test_variant_one_view_without_augmentation(mirror_files):
     model_files, image, _ = mirror_files
     loaded = names.make_variant(names.ONNX_FLOAT32, model_files.files[names.ONNX_FLOAT32], MIRROR_CONFIG, 1)
@@ -228,7 +243,10 @@ def test_prepare_rejects_int8_card_with_other_views(mirror_files, tmp_path):
     one_view_file = tmp_path / "one-view-int8.efm"
     write_model_file(one_view_file, shipped.tflite, one_view_card)
     with pytest.raises(ValueError, match="int8 model card names test-time augmentation 'none'"):
-        prepare_model("mirror", model_files.keras, one_view_file, [image], work, default_config=MIRROR_CONFIG)
+        prepare_model(
+            "mirror", model_files.keras, one_view_file, [image], work, default_config=MIRROR_CONFIG,
+            onnx=ONNX_INSTALLED,
+        )
 
 
 def test_prepare_reconverts_after_record_change(mirror_files, tmp_path):
@@ -239,12 +257,12 @@ def test_prepare_reconverts_after_record_change(mirror_files, tmp_path):
     keras_path.with_suffix(".json").write_text(json.dumps(record))
     work = tmp_path / "work"
     prepare_model("mirror", keras_path, model_files.files[names.TFLITE_INT8], [image], work,
-                  default_config=MIRROR_CONFIG)
+                  default_config=MIRROR_CONFIG, onnx=ONNX_INSTALLED)
     marker = (work / "mirror" / "source.sha256").read_text()
 
     record["threshold"] = {"value": 0.4}
     keras_path.with_suffix(".json").write_text(json.dumps(record))
     prepared = prepare_model("mirror", keras_path, model_files.files[names.TFLITE_INT8], [image], work,
-                             default_config=MIRROR_CONFIG)
+                             default_config=MIRROR_CONFIG, onnx=ONNX_INSTALLED)
     assert (work / "mirror" / "source.sha256").read_text() != marker
     assert load_model(prepared.files[names.TFLITE_FLOAT32]).card.threshold.value == 0.4

@@ -60,8 +60,13 @@ def prepare_model(
     work: Path,
     *,
     default_config: PreprocessConfig,
+    onnx: bool = True,
 ) -> ModelFiles:
-    """Convert ``keras_path`` into every variant's file under ``work/name``, reusing files already there."""
+    """Convert ``keras_path`` into every variant's file under ``work/name``, reusing files already there.
+
+    With ``onnx=False`` the ONNX files are not made, for a machine without
+    tf2onnx and onnxruntime, and the ModelFiles have no ONNX entries.
+    """
     from converters.cards import card_for_model
     from converters.scoring import record_augmentation
     from converters.tf import keras
@@ -103,6 +108,8 @@ def prepare_model(
     int8_threshold = int8_card.threshold.value if int8_card else threshold
     _check_int8_augmentation(files["tflite-int8"], int8_card, augmentation)
 
+    if not onnx:
+        return ModelFiles(name, keras_path, config, threshold, int8_threshold, files, augmentation)
     onnx_float = folder / f"{name}-float32.onnx"
     onnx_int8 = folder / f"{name}-int8.onnx"
     if not onnx_float.exists():
