@@ -53,7 +53,7 @@ class KerasReference:
             self.test_time_augmentation = record_augmentation(record, f"training record of {self.path}")
             if self.test_time_augmentation is not candidate.card.test_time_augmentation:
                 logger.warning(
-                    "%s is scored with test-time augmentation %s, as its training record says, but the candidate "
+                    "%s is scored with test-time augmentation %s, as its training record names, but the candidate "
                     "with %s; drift will include that difference",
                     self.path, self.test_time_augmentation.value, candidate.card.test_time_augmentation.value,
                 )

@@ -89,7 +89,7 @@ def read_model_record(model_path: str | Path) -> dict | None:
         ) from None
     if not isinstance(record, dict):
         raise UsageError(
-            f"training record {path} holds a JSON {type(record).__name__}, not an object; restore the .json that "
+            f"training record {path} contains a JSON {type(record).__name__}, not an object; restore the .json that "
             "`edgefrac train` wrote"
         )
     return record

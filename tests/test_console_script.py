@@ -56,8 +56,8 @@ def test_module_runs_commands():
 def test_interrupt_while_loading_exits_130(tmp_path):
     (tmp_path / "sitecustomize.py").write_text(HOLD_IMPORT)
     environment = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    # A harness that runs pytest in the background ignores SIGINT, and the child would inherit that;
-    # restoring the default lets Python install its KeyboardInterrupt handler in the child.
+    # A harness that runs pytest in the background ignores SIGINT, and the child would inherit that.
+    # With the default restored, Python installs its KeyboardInterrupt handler in the child.
     process = subprocess.Popen(
         [sys.executable, "-m", "edgefrac", "--version"],
         env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

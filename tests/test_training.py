@@ -634,10 +634,10 @@ def test_threshold_command_rechooses_with_mirror_views(trained, tmp_path):
 
     again = CliRunner().invoke(main, ["threshold", str(model), "--split-file", str(split_file)])
     assert again.exit_code == 0, again.output
-    kept = json.loads(model.with_suffix(".json").read_text())
-    assert kept["test_time_augmentation"] == "horizontal_flip"
-    assert kept["threshold"]["target_sensitivity"] == 0.8
-    assert len(kept["previous_thresholds"]) == 2
+    rechosen = json.loads(model.with_suffix(".json").read_text())
+    assert rechosen["test_time_augmentation"] == "horizontal_flip"
+    assert rechosen["threshold"]["target_sensitivity"] == 0.8
+    assert len(rechosen["previous_thresholds"]) == 2
 
 
 def test_threshold_command_errors(trained, tmp_path):
@@ -680,7 +680,7 @@ def test_train_records_test_time_augmentation(labelled_split, tmp_path):
     ("edit", "message"),
     [
         (lambda record: "not json", "is not valid JSON"),
-        (lambda record: [1, 2], "holds a JSON list, not an object"),
+        (lambda record: [1, 2], "contains a JSON list, not an object"),
         (lambda record: {**record, "threshold": {"target_sensitivity": 0.9}}, "threshold value null is not a probability"),
         (lambda record: {**record, "previous_thresholds": "ab"}, 'previous_thresholds "ab" is not a list'),
         (
@@ -709,9 +709,9 @@ def test_threshold_option_repairs_unknown_views(trained, tmp_path):
     record = json.loads(record_path.read_text())
     record_path.write_text(json.dumps({**record, "test_time_augmentation": None}))
 
-    refused = CliRunner().invoke(main, ["threshold", str(model), "--split-file", str(split_file)])
-    assert refused.exit_code == 2
-    assert "test-time augmentation null is unknown" in refused.output
+    rejected = CliRunner().invoke(main, ["threshold", str(model), "--split-file", str(split_file)])
+    assert rejected.exit_code == 2
+    assert "test-time augmentation null is unknown" in rejected.output
 
     arguments = ["threshold", str(model), "--split-file", str(split_file), "--test-time-augmentation", "none"]
     repaired = CliRunner().invoke(main, arguments)

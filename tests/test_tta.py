@@ -223,7 +223,7 @@ def test_reference_with_other_views_warns(tiny_int8_model, tmp_path, caplog):
     candidate = FractureClassifier.from_path(_with_augmentation(tiny_int8_model, tmp_path, FLIP))
     with caplog.at_level(logging.WARNING, logger="edgefrac.bench.accuracy"):
         TFLiteReference(tiny_int8_model, candidate)
-    assert "scored with test-time augmentation none, as its card says, but the candidate with horizontal_flip" in (
+    assert "scored with test-time augmentation none, as its card names, but the candidate with horizontal_flip" in (
         caplog.text
     )
 

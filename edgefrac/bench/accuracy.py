@@ -94,7 +94,7 @@ class TFLiteReference:
         views = self.classifier.card.test_time_augmentation
         if views is not candidate.card.test_time_augmentation:
             logger.warning(
-                "%s is scored with test-time augmentation %s, as its card says, but the candidate with %s; "
+                "%s is scored with test-time augmentation %s, as its card names, but the candidate with %s; "
                 "drift will include that difference",
                 self.path, views.value, candidate.card.test_time_augmentation.value,
             )

@@ -47,10 +47,10 @@ def threshold(
     threshold, and keeps the old one under 'previous_thresholds'; convert the
     model again to carry it into the model files.
 
-    Exit codes: 0 done; 1 the model could not be loaded or the record could
-    not be written (it is then left as it was); 2 invalid options (also a
-    damaged training record, or a split file with other training images than
-    the record's).
+    Exit codes: 0 done; 1 the model could not be loaded, or the record could
+    not be written and is left as it was; 2 invalid options. Exit code 2 also
+    covers a damaged training record and a split file with other training
+    images than the record's.
     """
     if model.suffix != ".keras":
         raise UsageError(f"invalid MODEL {model}: expected a .keras model written by `edgefrac train`")
