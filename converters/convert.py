@@ -344,7 +344,7 @@ def convert_keras_model(
     if split is not None:
         # NOTE: the representative dataset contains the images as they are, also for a record that names
         # horizontal_flip, so the mirror view runs on ranges calibrated without it. On FracAtlas the int8
-        # logit error of the two views has the same spread (0.176 and 0.179 on validation); images that
+        # logit error of the two views has the same spread (0.176 and 0.179 on validation). Images that
         # are not alike left and right may need mirrored calibration images.
         representative = calibration.from_split(split, config, options.calibration_size, options.seed)
     else:
